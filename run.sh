@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One entry point for the whole lab.
+#   bash run.sh lab    set up .venv and execute the three notebooks in place (full run)
+#   bash run.sh test   set up .venv and run every test (unit tests, notebooks via nbval in
+#                      quick mode, benchmark and study smoke tests)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# MRPC: a local GLUE folder when there is one (offline classrooms, CI); otherwise the Hub.
+if [[ -z "${BITFIT_DATA_DIR:-}" && -f ../shared/data/mrpc/train.tsv ]]; then
+  export BITFIT_DATA_DIR="$(cd ../shared/data/mrpc && pwd)"
+fi
+
+setup() {
+  local py="${PYTHON:-python3}"
+  [[ -x .venv/bin/python ]] || "$py" -m venv .venv
+  # torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+}
+
+case "${1:-}" in
+  lab)
+    setup
+    for nb in 01-Setup.ipynb 02-Train.ipynb 03-Inference.ipynb; do
+      echo "== executing $nb"
+      .venv/bin/jupyter nbconvert --to notebook --execute --inplace \
+        --ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 "$nb"
+    done
+    ;;
+  test)
+    setup
+    export BITFIT_QUICK=1
+    .venv/bin/python -m pytest -p no:cacheprovider tests/ -q
+    nbs=$(ls 0[123]-*.ipynb 2>/dev/null || true)
+    if [[ -n "$nbs" ]]; then
+      .venv/bin/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env -q $nbs
+    fi
+    ;;
+  *)
+    echo "usage: bash run.sh lab|test" >&2
+    exit 2
+    ;;
+esac

