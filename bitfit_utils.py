@@ -31,6 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
+
+class LabStepMissing(FileNotFoundError):
+    """A file an earlier notebook writes is missing. Jupyter shows only the message."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython: print this instead of a traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
 # ---------------------------------------------------------------------------
 # 1. Selection
 # ---------------------------------------------------------------------------
@@ -287,6 +295,28 @@ def parameter_table(model: nn.Module):
     return table
 
 
+def setup_method(model: nn.Module, method: str) -> tuple[int, int]:
+    """Set ``requires_grad`` for one of the lab's three baselines.
+
+    Args:
+        method: ``"frozen"`` (only the task head), ``"bitfit"`` (all bias groups
+            and the head) or ``"full"`` (every parameter).
+
+    Returns:
+        ``(trainable, total)`` after the change.
+    """
+    if method == "bitfit":
+        apply_bitfit(model)
+    elif method in ("frozen", "full"):
+        group_of = parameter_groups(model)
+        for name, param in model.named_parameters():
+            param.requires_grad = method == "full" or group_of[name] == "head"
+        model.bitfit_bias_terms = [] if method == "frozen" else ["all parameters"]
+    else:
+        raise ValueError(f"Unknown method {method!r}: use 'frozen', 'bitfit' or 'full'.")
+    return count_parameters(model)
+
+
 def random_parameter_mask(model: nn.Module, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Choose ``n`` scalars of the encoder uniformly *without* replacement.
 
@@ -357,9 +387,13 @@ def _frozen_fingerprint(model: nn.Module, exclude: Iterable[str]) -> str:
 
 
 def _pack_names(model: nn.Module) -> list[str]:
-    """Names stored in a pack: every trainable parameter plus the head (always)."""
-    group_of = parameter_groups(model)
-    return [n for n, p in model.named_parameters() if p.requires_grad or group_of[n] == "head"]
+    """Names stored in a pack: every encoder bias and the head (all that BitFit may change).
+
+    Biases left frozen are stored too (they are tiny), so that a pack fully sets
+    the model's biases: switching from a BitFit pack to a head-only or subset pack
+    never leaves another pack's biases behind. Everything else is fingerprinted.
+    """
+    return [n for n, g in parameter_groups(model).items() if g != "frozen"]
 
 
 def _library_versions() -> dict[str, str]:
@@ -371,7 +405,10 @@ def _library_versions() -> dict[str, str]:
 
 
 def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
-    """Save the trainable tensors (biases + head) of ``model`` as a safetensors pack.
+    """Save the biases and the head of ``model`` as a safetensors pack.
+
+    The pack holds the trained tensors (listed in its metadata as ``trained``)
+    and, so that loading a pack restores every bias, the few biases left frozen.
 
     The file is written to a temporary file in the same folder and renamed into
     place, so a crash never leaves a half-written pack under ``path``.
@@ -385,9 +422,11 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: 
         The path written.
     """
     names = _pack_names(model)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("Nothing is trainable in this model: call apply_bitfit(model) before saving a pack.")
     params = dict(model.named_parameters())
+    trained = [n for n in names if params[n].requires_grad]
+    if not trained or any(p.requires_grad for n, p in params.items() if n not in names):
+        raise ValueError("A bias pack holds biases and the head only: call apply_bitfit(model) "
+                         "(or setup_method(model, 'frozen')) before training and saving.")
     tensors = {n: params[n].detach().cpu().contiguous() for n in names}
     config = getattr(model, "config", None)
     meta = {
@@ -396,6 +435,7 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: 
         "architecture": type(model).__name__,
         "fingerprint": _frozen_fingerprint(model, names),
         "bias_groups": json.dumps(getattr(model, "bitfit_bias_terms", [])),
+        "trained": json.dumps(trained),
         "id2label": json.dumps({str(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}),
         "versions": json.dumps(_library_versions()),
         "user": json.dumps(metadata, default=str),
@@ -429,7 +469,8 @@ def read_bias_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No bias pack at '{path}'. Run 02-Train.ipynb first, or check the path.")
+        raise LabStepMissing(f"No bias pack at '{path}'. Run 02-Train.ipynb first (it saves the pack), "
+                             "or check the path.")
     data = path.read_bytes()
     try:
         tensors = load(data)
@@ -443,7 +484,7 @@ def read_bias_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     if raw.get("format") != PACK_FORMAT:
         raise ValueError(f"'{path}' is a safetensors file but not a BitFit pack (format={raw.get('format')!r}).")
     meta = {k: raw.get(k, "") for k in ("format", "base_model", "architecture", "fingerprint")}
-    for k in ("bias_groups", "id2label", "versions", "user"):
+    for k in ("bias_groups", "trained", "id2label", "versions", "user"):
         meta[k] = json.loads(raw.get(k) or "null")
     return tensors, meta
 
@@ -485,9 +526,9 @@ def load_bias_checkpoint(model: nn.Module, path: str | os.PathLike, strict_name:
             f"Pack '{path}': '{n}' is {tuple(tensors[n].shape)} {tensors[n].dtype}, the model has "
             f"{tuple(params[n].shape)} {params[n].dtype}. {hint}"
         )
-    missing = sorted(n for n, g in parameter_groups(model).items() if g == "head" and n not in tensors)
+    missing = sorted(set(_pack_names(model)) - set(tensors))
     if missing:
-        raise ValueError(f"Pack '{path}' lacks head tensors {missing[:5]}. {hint}")
+        raise ValueError(f"Pack '{path}' lacks bias/head tensors {missing[:5]}. {hint}")
     if _frozen_fingerprint(model, tensors) != meta["fingerprint"]:
         raise ValueError(
             f"Pack '{path}' does not fit this model: its frozen weights differ from the ones the "
@@ -736,6 +777,35 @@ def prefetch(model_name: str = DEFAULT_MODEL) -> None:
     datasets.load_dataset("nyu-mll/glue", "mrpc")
 
 
+def environment_report() -> dict[str, str]:
+    """Python and library versions plus the compute device, for 01-Setup."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    report = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "datasets", "accelerate", "evaluate", "peft", "scikit-learn"):
+        try:
+            report[package] = version(package)
+        except PackageNotFoundError:
+            report[package] = "MISSING: pip install -r requirements.txt"
+    device = get_device()
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        report["device"] = f"cuda: {props.name}, {props.total_memory / 2**30:.1f} GiB"
+    elif device.type == "mps":
+        report["device"] = "mps (Apple GPU)"
+    else:
+        report["device"] = f"cpu: {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} threads"
+    return report
+
+
+def full_model_size_mb(model) -> float:
+    """Size of the whole model saved with ``save_pretrained`` (safetensors), in MB."""
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        return sum(f.stat().st_size for f in Path(folder).iterdir()) / 1e6
+
+
 def get_device() -> torch.device:
     """The best available device: CUDA, then Apple MPS, then CPU."""
     if torch.cuda.is_available():
@@ -931,6 +1001,18 @@ def plot_bias_changes(changes, title: str = "Bias change per layer and group"):
     fig.colorbar(image, ax=ax, label="mean |b0 - bF| per entry")
     fig.tight_layout()
     return fig
+
+
+def median_latency(fn, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in milliseconds (after ``warmup`` untimed calls)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
 
 
 def file_size_mb(path: str | os.PathLike) -> float:

@@ -44,12 +44,37 @@ def test_round_trip_reproduces_logits_bitwise(tmp_path, inputs):
     assert "torch" in meta["versions"]
 
 
-def test_pack_holds_only_trainable_tensors_no_pickle(tmp_path):
+def test_pack_holds_biases_and_head_only_no_pickle(tmp_path):
     tuned = _tune(tiny_bert())
     path = bu.save_bias_checkpoint(tuned, tmp_path / "p.safetensors")
-    tensors, _ = bu.read_bias_checkpoint(path)
+    tensors, meta = bu.read_bias_checkpoint(path)
     assert set(tensors) == {n for n, p in tuned.named_parameters() if p.requires_grad}
+    assert set(meta["trained"]) == set(tensors)
     assert not path.read_bytes().startswith(b"PK") and b"pickle" not in path.read_bytes()[:64]
+
+
+def test_subset_pack_records_what_was_trained(tmp_path):
+    model = tiny_bert()
+    bu.apply_bitfit(model, ["query"])
+    tensors, meta = bu.read_bias_checkpoint(bu.save_bias_checkpoint(model, tmp_path / "q.safetensors"))
+    groups = bu.parameter_groups(model)
+    assert {groups[n] for n in meta["trained"]} == {"query", "head"}
+    assert {groups[n] for n in tensors} == set(bu.BIAS_GROUPS[:10]) | {"head"}  # every bias is restored
+
+
+def test_switching_to_a_head_only_pack_restores_pristine_biases(tmp_path, inputs):
+    bitfit = _tune(tiny_bert(), seed=1)
+    head_only = tiny_bert(seed=0)
+    bu.setup_method(head_only, "frozen")
+    with torch.no_grad():
+        head_only.classifier.weight.mul_(3)
+    pa = bu.save_bias_checkpoint(bitfit, tmp_path / "a.safetensors")
+    pb = bu.save_bias_checkpoint(head_only, tmp_path / "b.safetensors")
+    base = tiny_bert()
+    bu.load_bias_checkpoint(base, pa)
+    bu.load_bias_checkpoint(base, pb)
+    with torch.no_grad():
+        assert torch.equal(base(**inputs).logits, head_only(**inputs).logits)
 
 
 def test_bert_base_pack_is_under_half_a_megabyte(tmp_path):
@@ -79,6 +104,8 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 def test_saving_an_untouched_model_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="call apply_bitfit"):
         bu.save_bias_checkpoint(tiny_bert().requires_grad_(False), tmp_path / "p.safetensors")
+    with pytest.raises(ValueError, match="biases and the head only"):
+        bu.save_bias_checkpoint(tiny_bert(), tmp_path / "p.safetensors")  # fully trainable
 
 
 @pytest.fixture
@@ -117,7 +144,7 @@ def test_extra_and_missing_keys_are_refused(tmp_path, pack):
     _expect_refusal(tiny_bert(), tmp_path / "extra.safetensors", "tensors this model lacks")
     missing = {k: v for k, v in load_file(pack).items() if not k.startswith("classifier")}
     save_file(missing, tmp_path / "missing.safetensors", metadata=raw)
-    _expect_refusal(tiny_bert(), tmp_path / "missing.safetensors", "lacks head tensors")
+    _expect_refusal(tiny_bert(), tmp_path / "missing.safetensors", "lacks bias/head tensors")
 
 
 def test_truncated_and_foreign_files_are_refused(tmp_path, pack):
@@ -143,3 +170,11 @@ def test_switching_packs_in_place(tmp_path, inputs):
         for path, ref in ((pa, a), (pb, b), (pa, a)):
             bu.load_bias_checkpoint(base, path)
             assert torch.equal(base(**inputs).logits, ref(**inputs).logits)
+
+
+def test_missing_pack_renders_as_a_message_in_jupyter(tmp_path):
+    with pytest.raises(bu.LabStepMissing) as info:
+        bu.read_bias_checkpoint(tmp_path / "packs" / "mrpc_bitfit.safetensors")
+    lines = info.value._render_traceback_()  # what IPython prints instead of a traceback
+    assert len(lines) == 1 and "Run 02-Train.ipynb first" in lines[0]
+    assert isinstance(info.value, FileNotFoundError)

@@ -185,3 +185,13 @@ def test_random_mask_matches_count_without_replacement(model, inputs):
         assert torch.equal(param[~mask], before[name][~mask])
     with pytest.raises(ValueError, match="n must be"):
         bu.random_parameter_mask(model, 0)
+
+
+def test_setup_method_baselines(model):
+    total = bu.count_parameters(model)[1]
+    assert bu.setup_method(model, "full") == (total, total)
+    head = sum(p.numel() for p in model.classifier.parameters())
+    assert bu.setup_method(model, "frozen") == (head, total)
+    assert bu.setup_method(model, "bitfit") == (bu.apply_bitfit(tiny_bert()).trainable, total)
+    with pytest.raises(ValueError, match="'frozen', 'bitfit' or 'full'"):
+        bu.setup_method(model, "lora")

@@ -1,0 +1,267 @@
+"""BitFit vs full fine-tuning: step time, memory, inference latency, pack switching.
+
+Every figure is a ratio measured in one run, with the methods interleaved so that
+machine drift hits all of them alike.
+
+    python benchmarks/bench_bitfit.py            # full run (minutes on a laptop CPU)
+    python benchmarks/bench_bitfit.py --quick    # smoke test for CI
+    python benchmarks/bench_bitfit.py --epoch    # also one real Trainer epoch on MRPC per recipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bitfit_utils as bu  # noqa: E402
+
+METHODS = {"full": None, "bitfit": "all", "bitfit_qi": ["query", "intermediate"]}
+
+
+def build(shape: str, quick: bool):
+    """A classifier of the given shape: the offline MiniLM (real weights) or BERT-base (random)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    if shape == "minilm":
+        config = BertConfig.from_pretrained(bu.offline_model_path(), num_labels=2)
+        if quick:
+            return BertForSequenceClassification(config)
+        model, _ = bu.load_model(bu.OFFLINE_MODEL, verbose=False)
+        return model
+    return BertForSequenceClassification(BertConfig(num_labels=2))
+
+
+def prepare(model, method: str):
+    """Set requires_grad for a method; return an AdamW over the trainable parameters only."""
+    if METHODS[method] is None:
+        bu.setup_method(model, "full")
+    else:
+        bu.apply_bitfit(model, METHODS[method])
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+
+def batch(bs: int, seq: int, device):
+    gen = torch.Generator().manual_seed(1)
+    return {"input_ids": torch.randint(1000, 30000, (bs, seq), generator=gen).to(device),
+            "attention_mask": torch.ones(bs, seq, dtype=torch.long, device=device),
+            "labels": torch.randint(0, 2, (bs,), generator=gen).to(device)}
+
+
+def step(model, optimizer, inputs, amp: bool):
+    with torch.autocast(inputs["input_ids"].device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = model(**inputs).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_times(shape, bs, seq, repeats, quick, device, amp=False) -> dict[str, float]:
+    """Median training-step time per method, interleaved."""
+    base = build(shape, quick)
+    setups = {}
+    for method in METHODS:
+        model = copy.deepcopy(base).to(device).train()
+        setups[method] = (model, prepare(model, method))
+    inputs = batch(bs, seq, device)
+    for model, opt in setups.values():  # warm up: allocator, optimizer state
+        for _ in range(2):
+            step(model, opt, inputs, amp)
+    times = {m: [] for m in METHODS}
+    for _ in range(repeats):
+        for method, (model, opt) in setups.items():
+            sync(device)
+            start = time.perf_counter()
+            step(model, opt, inputs, amp)
+            sync(device)
+            times[method].append(time.perf_counter() - start)
+    return {m: 1000 * float(np.median(t)) for m, t in times.items()}
+
+
+def memory_child(shape: str, method: str, bs: int, seq: int, quick: bool) -> None:
+    """Run in a fresh process: print RSS after loading and the peak during training (bytes)."""
+    import psutil
+
+    model = build(shape, quick).train()
+    opt = prepare(model, method)
+    inputs = batch(bs, seq, torch.device("cpu"))
+    loaded = psutil.Process().memory_info().rss
+    before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for _ in range(3):
+        step(model, opt, inputs, amp=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"loaded": loaded, "peak": peak, "load_peak": before_peak}))
+
+
+def cpu_memory(shape, bs, seq, quick) -> dict[str, dict[str, int]]:
+    out = {}
+    for method in METHODS:
+        cmd = [sys.executable, __file__, "--memory-child", shape, method, str(bs), str(seq)] + (["--quick"] if quick else [])
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[method] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def gpu_memory(shape, bs, seq, amp) -> dict[str, int]:
+    out = {}
+    for method in METHODS:
+        torch.cuda.empty_cache()
+        model = build(shape, False).cuda().train()
+        opt = prepare(model, method)
+        inputs = batch(bs, seq, torch.device("cuda"))
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(3):
+            step(model, opt, inputs, amp)
+        out[method] = torch.cuda.max_memory_allocated()
+        del model, opt
+    return out
+
+
+def inference_ratio(shape, bs, seq, repeats, quick, device) -> tuple[float, float]:
+    base = build(shape, quick).to(device).eval()
+    tuned = copy.deepcopy(base)
+    bu.apply_bitfit(tuned)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    inputs = {k: v for k, v in batch(bs, seq, device).items() if k != "labels"}
+    t = {"base": [], "bitfit": []}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, model in (("base", base), ("bitfit", tuned)):
+                t[name].append(bu.median_latency(lambda: (model(**inputs), sync(device)), repeats=3, warmup=1))
+    base_ms, tuned_ms = float(np.median(t["base"])), float(np.median(t["bitfit"]))
+    return base_ms, tuned_ms
+
+
+def pack_switch(shape, quick, repeats=50) -> dict[str, float]:
+    model = build(shape, quick)
+    bu.apply_bitfit(model)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for k in range(2):
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_(0.01 * (k + 1))
+            paths.append(bu.save_bias_checkpoint(model, Path(folder) / f"pack{k}.safetensors"))
+        fresh = build(shape, quick)
+        with bu.timer() as first:
+            bu.load_bias_checkpoint(fresh, paths[0])  # first load also fingerprints the frozen weights
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            bu.load_bias_checkpoint(fresh, paths[(i + 1) % 2])
+            times.append(time.perf_counter() - start)
+        return {"first_load_ms": 1000 * first["seconds"], "switch_ms": 1000 * float(np.median(times)),
+                "pack_bytes": paths[0].stat().st_size, "full_bytes": int(bu.full_model_size_mb(fresh) * 1e6)}
+
+
+def trainer_epochs(quick: bool) -> dict[str, float]:
+    """One epoch of the lab's Trainer path per recipe on MRPC (the offline model)."""
+    data = bu.load_mrpc()
+    results = {}
+    recipes = {  # name: (method, batch size, pad to 128?, group by length?)
+        "full_ft": ("full", 32, False, True),
+        "bitfit": ("bitfit", 32, False, True),
+        "bitfit_original_recipe": ("bitfit", 8, True, False),
+    }
+    for name, (method, bs, pad128, grouped) in recipes.items():
+        bu.set_seed(0)
+        model, tokenizer = bu.load_model(bu.OFFLINE_MODEL, verbose=False)
+        bu.setup_method(model, method)
+        train = data["train"].select(range(128)) if quick else data["train"]
+        if pad128:
+            train = train.map(lambda b: tokenizer(b["sentence1"], b["sentence2"], truncation=True, max_length=128,
+                                                  padding="max_length"), batched=True,
+                              remove_columns=["sentence1", "sentence2", "idx"])
+        else:
+            train = bu.tokenize_pairs(train, tokenizer)
+        with tempfile.TemporaryDirectory() as out:
+            trainer = bu.make_trainer(model, tokenizer, train, None, out, learning_rate=1e-3, epochs=1, batch_size=bs,
+                                      select_best=False, group_by_length=grouped, eval_strategy="no",
+                                      disable_tqdm=True)
+            with bu.timer() as t:
+                trainer.train()
+        results[name] = t["seconds"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke test (CI)")
+    parser.add_argument("--epoch", action="store_true", help="also time one Trainer epoch per recipe on MRPC")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        shape, method, bs, seq = args.memory_child
+        memory_child(shape, method, int(bs), int(seq), args.quick)
+        return
+
+    device = bu.get_device()
+    bs, seq = (8, 32) if args.quick else (32, 128)
+    repeats = 3 if args.quick else 10
+    shapes = ["minilm"] if args.quick else ["minilm", "bert-base"]
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}",
+               "torch": torch.__version__, "batch": bs, "seq_len": seq, "shapes": {}}
+    print(f"# BitFit benchmark on {results['machine']} (torch {torch.__version__}), batch {bs}, length {seq}, fp32")
+    for shape in shapes:
+        r = results["shapes"][shape] = {}
+        r["step_ms"] = step_times(shape, bs, seq, repeats, args.quick, device)
+        s = r["step_ms"]
+        print(f"\n## {shape}\nstep time (ms): " + ", ".join(f"{m} {v:.1f}" for m, v in s.items()))
+        print(f"  ratio BitFit / full FT          : {s['bitfit'] / s['full']:.3f}")
+        print(f"  ratio BitFit(q+i) / full FT     : {s['bitfit_qi'] / s['full']:.3f}")
+        if device.type == "cuda":
+            r["step_ms_bf16"] = b = step_times(shape, bs, seq, repeats, False, device, amp=True)
+            print(f"  bf16 autocast: BitFit / full FT  : {b['bitfit'] / b['full']:.3f}")
+            r["gpu_peak"] = g = gpu_memory(shape, bs, seq, amp=False)
+            print(f"  peak memory BitFit / full FT    : {g['bitfit'] / g['full']:.3f} "
+                  f"({g['bitfit'] / 2**20:.0f} / {g['full'] / 2**20:.0f} MiB)")
+        else:
+            r["cpu_rss"] = m = cpu_memory(shape, bs, seq, args.quick)
+            above = {k: v["peak"] - v["loaded"] for k, v in m.items()}
+            print(f"  training memory above loaded model, BitFit / full FT: {above['bitfit'] / above['full']:.3f} "
+                  f"({above['bitfit'] / 2**20:.0f} / {above['full'] / 2**20:.0f} MiB; "
+                  f"peak RSS {m['bitfit']['peak'] / 2**20:.0f} / {m['full']['peak'] / 2**20:.0f} MiB)")
+        base_ms, tuned_ms = inference_ratio(shape, bs, seq, repeats, args.quick, device)
+        r["inference_ms"] = {"base": base_ms, "bitfit": tuned_ms}
+        print(f"  inference BitFit / base         : {tuned_ms / base_ms:.3f} ({tuned_ms:.1f} / {base_ms:.1f} ms)")
+        r["pack"] = p = pack_switch(shape, args.quick, repeats=10 if args.quick else 50)
+        print(f"  pack switch                     : {p['switch_ms']:.2f} ms (first load with fingerprint "
+              f"{p['first_load_ms']:.0f} ms)")
+        print(f"  pack / full checkpoint bytes    : {100 * p['pack_bytes'] / p['full_bytes']:.3f} % "
+              f"({p['pack_bytes']:,} / {p['full_bytes']:,})")
+    if args.epoch:
+        results["epoch_s"] = e = trainer_epochs(args.quick)
+        print("\n## one Trainer epoch on MRPC (offline MiniLM)" + (" [128-pair subset]" if args.quick else ""))
+        print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in e.items()))
+        print(f"  BitFit / full FT                : {e['bitfit'] / e['full_ft']:.3f}")
+        print(f"  BitFit / original BitFit recipe : {e['bitfit'] / e['bitfit_original_recipe']:.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
