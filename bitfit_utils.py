@@ -325,8 +325,9 @@ def random_parameter_mask(model: nn.Module, n: int, seed: int = 0) -> dict[str, 
     ``mask_gradients``.
     """
     prefix = _base_prefix(model)
-    names = [n_ for n_, _ in model.named_parameters() if not prefix or n_.startswith(prefix + ".")]
-    sizes = [dict(model.named_parameters())[n_].numel() for n_ in names]
+    params = dict(model.named_parameters())
+    names = [name for name in params if not prefix or name.startswith(prefix + ".")]
+    sizes = [params[name].numel() for name in names]
     total = sum(sizes)
     if not 0 < n <= total:
         raise ValueError(f"n must be in 1..{total}, got {n}")
@@ -334,7 +335,6 @@ def random_parameter_mask(model: nn.Module, n: int, seed: int = 0) -> dict[str, 
     flat = torch.zeros(total, dtype=torch.bool)
     flat[torch.randperm(total, generator=gen)[:n]] = True
     masks, start = {}, 0
-    params = dict(model.named_parameters())
     for name, size in zip(names, sizes):
         chunk = flat[start : start + size]
         start += size

@@ -1,0 +1,242 @@
+"""A measured comparison of BitFit with other ways to fine-tune, on MRPC.
+
+Each (method, seed, train fraction) run happens in its own process (so its peak
+memory is its own) and writes results/runs/<run>.json the moment it ends; the
+runner skips runs whose file exists, so the study can be done in pieces.
+
+    python benchmarks/compare_methods.py --quick        # smoke test (CI), ~2 min
+    python benchmarks/compare_methods.py                # the full study (hours on a CPU)
+    python benchmarks/compare_methods.py --part main    # only the method table (also: curve, groups)
+    python benchmarks/compare_methods.py --report       # rebuild CSV, markdown and plots from finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import bitfit_utils as bu  # noqa: E402
+
+# name: (learning rate, epochs, why). BitFit-style methods move few values and need large rates.
+METHODS = {
+    "frozen": (1e-3, 3, "only the head learns; a large rate is safe for one linear layer"),
+    "bitfit": (3e-3, 6, "02-Train's setting: biases need ~50x the full-FT rate"),
+    "bitfit_qi": (3e-3, 6, "same as BitFit"),
+    "bitfit_ln": (3e-3, 6, "same as BitFit; LayerNorm gains are 1-D vectors like biases"),
+    "random": (3e-3, 6, "same budget and rate as BitFit, random scalars instead of biases"),
+    "lora": (5e-4, 6, "a common LoRA rate for BERT-size encoders"),
+    "bitfit_lora": (5e-4, 6, "LoRA's rate; biases also train through LoraConfig(bias='all')"),
+    "handout_bitfitlora": (5e-4, 6, "the handout's class as written (its biases end up frozen)"),
+    "full": (5e-5, 3, "the usual full fine-tuning rate for BERT-size encoders"),
+    "adaptive_init": (3e-3, 6, "BitFit after the handout's adaptive_bias_initialization"),
+}
+SEEDS = (0, 1, 2)
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+RESULTS = ROOT / "results"
+
+
+def handout_adaptive_bias_initialization(model: nn.Module, task_type: str) -> None:
+    """The handout's recipe, verbatim in effect: it overwrites every trainable bias with noise."""
+    strategies = {"classification": {"std": 0.01, "mean": 0.0}, "generation": {"std": 0.02, "mean": 0.1}}
+    strategy = strategies.get(task_type, {"std": 0.01, "mean": 0.0})
+    for name, param in model.named_parameters():
+        if ".bias" in name and param.requires_grad:
+            nn.init.normal_(param, mean=strategy["mean"], std=strategy["std"])
+
+
+class HandoutBitFitLoRA(nn.Module):
+    """The handout's BitFitLoRA class as written (r=4, no task type)."""
+
+    def __init__(self, base_model, lora_r=4):
+        from peft import LoraConfig, get_peft_model
+
+        super().__init__()
+        self.base_model = base_model
+        for name, param in base_model.named_parameters():
+            if ".bias" not in name:
+                param.requires_grad = False
+        lora_config = LoraConfig(r=lora_r, target_modules=["query", "value"])
+        self.peft_model = get_peft_model(self.base_model, lora_config)
+
+    def forward(self, **inputs):
+        return self.peft_model(**inputs)
+
+
+def lora_model(model, bias: str, r: int = 8):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
+                        target_modules=["query", "value"], bias=bias)
+    return get_peft_model(model, config)
+
+
+def setup(model, method: str, seed: int, groups: list[str] | None = None):
+    """Prepare ``model`` for ``method``; return (model to train, trainable scalar count)."""
+    if groups is not None:
+        bu.apply_bitfit(model, groups)
+    elif method in ("frozen", "full", "bitfit"):
+        bu.setup_method(model, method)
+    elif method == "bitfit_qi":
+        bu.apply_bitfit(model, ["query", "intermediate"])
+    elif method == "bitfit_ln":
+        bu.apply_bitfit(model)
+        for name, module in model.named_modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.requires_grad = True
+    elif method == "random":
+        bitfit_count = bu.apply_bitfit(model).trainable
+        head = [p for n, p in model.named_parameters() if bu.parameter_groups(model)[n] == "head"]
+        head_count = sum(p.numel() for p in head)
+        model.requires_grad_(False)
+        masks = bu.random_parameter_mask(model, bitfit_count - head_count, seed=seed)
+        bu.mask_gradients(model, masks)
+        for p in head:
+            p.requires_grad = True
+        return model, sum(int(m.sum()) for m in masks.values()) + head_count
+    elif method == "lora":
+        model = lora_model(model, bias="none")
+    elif method == "bitfit_lora":
+        model = lora_model(model, bias="all")
+    elif method == "handout_bitfitlora":
+        model = HandoutBitFitLoRA(model).peft_model
+    elif method == "adaptive_init":
+        bu.apply_bitfit(model)
+        handout_adaptive_bias_initialization(model, "classification")
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return model, bu.count_parameters(model)[0]
+
+
+def checkpoint_bytes(model, method: str) -> int:
+    with tempfile.TemporaryDirectory() as folder:
+        if method in ("lora", "bitfit_lora", "handout_bitfitlora"):
+            model.save_pretrained(folder)  # the adapter only
+            return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+        if method in ("full", "random"):
+            return int(bu.full_model_size_mb(model) * 1e6)  # a random mask touches whole tensors
+        return bu.save_bias_checkpoint(model, Path(folder) / "p.safetensors").stat().st_size
+
+
+def run_one(spec: dict, quick: bool) -> dict:
+    """Train one configuration and return its measurements."""
+    bu.set_seed(spec["seed"])
+    data = bu.load_mrpc()
+    model, tokenizer = bu.load_model(bu.OFFLINE_MODEL, verbose=False)
+    total = bu.count_parameters(model)[1]
+    model, trainable = setup(model, spec["method"], spec["seed"], spec.get("groups"))
+    encoded = bu.tokenize_pairs(data, tokenizer)
+    train = encoded["train"].shuffle(seed=spec["seed"])
+    n_train = 64 if quick else int(round(spec["fraction"] * len(train)))
+    train = train.select(range(n_train))
+    dev = encoded["validation"].select(range(64)) if quick else encoded["validation"]
+    lr, epochs, _ = METHODS[spec["method"]]
+    epochs = 1 if quick else epochs
+    with tempfile.TemporaryDirectory() as out:
+        trainer = bu.make_trainer(model, tokenizer, train, dev, out, learning_rate=lr, epochs=epochs,
+                                  seed=spec["seed"], disable_tqdm=True)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        metrics = trainer.evaluate()
+    return {**spec, "lr": lr, "epochs": epochs, "train_pairs": n_train, "trainable": trainable,
+            "total": total, "trainable_pct": 100 * trainable / total,
+            "checkpoint_bytes": checkpoint_bytes(model, spec["method"]),
+            "train_s_per_epoch": seconds / epochs,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "dev_accuracy": 100 * metrics["eval_accuracy"], "dev_f1": 100 * metrics["eval_f1"]}
+
+
+def plan(part: str, quick: bool) -> list[dict]:
+    seeds = SEEDS[:1] if quick else SEEDS
+    runs = []
+    if part in ("all", "main"):
+        runs += [{"part": "main", "method": m, "seed": s, "fraction": 1.0} for m in METHODS for s in seeds]
+    if part in ("all", "curve") and not quick:
+        runs += [{"part": "curve", "method": m, "seed": s, "fraction": f}
+                 for f in FRACTIONS[:-1] for m in ("bitfit", "full") for s in seeds]
+    if part in ("all", "groups") and not quick:
+        runs += [{"part": "groups", "method": "bitfit", "groups": [g], "seed": s, "fraction": 1.0}
+                 for g in bu.BIAS_GROUPS[:10] for s in seeds]
+    for r in runs:
+        r["name"] = "-".join([r["part"], r["method"], *r.get("groups", []), f"s{r['seed']}", f"f{r['fraction']}"])
+    return runs
+
+
+def markdown(table) -> str:
+    """A DataFrame as a GitHub markdown table (no extra dependency)."""
+    lines = ["| " + " | ".join([table.index.name or "", *map(str, table.columns)]) + " |",
+             "|" + "---|" * (len(table.columns) + 1)]
+    lines += ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(table.index, table.to_numpy())]
+    return "\n".join(lines) + "\n"
+
+
+def report(folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    rows = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
+    if not rows:
+        print("no finished runs yet")
+        return
+    frame = pd.DataFrame(rows)
+    frame.to_csv(folder / "runs.csv", index=False)
+    main = frame[frame.part == "main"]
+    table = main.groupby("method", sort=False).agg(
+        trainable=("trainable", "first"), trainable_pct=("trainable_pct", "first"),
+        checkpoint_mb=("checkpoint_bytes", lambda b: b.iloc[0] / 1e6), s_per_epoch=("train_s_per_epoch", "mean"),
+        peak_rss_mib=("peak_rss_mib", "mean"), acc_mean=("dev_accuracy", "mean"), acc_std=("dev_accuracy", "std"),
+        f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"), seeds=("seed", "count"))
+    table.to_csv(folder / "methods.csv")
+    (folder / "methods.md").write_text(markdown(table.round(3)))
+    print(table.round(3).to_string())
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(table.index, table.f1_mean, yerr=table.f1_std.fillna(0))
+    ax.set(title="MRPC dev F1 by method (mean ± std over seeds)", xlabel="method", ylabel="dev F1 (%)")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(folder / "methods.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--part", choices=["all", "main", "curve", "groups"], default="all")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report", action="store_true", help="only rebuild the tables and plots")
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:  # child process: one run, one file
+        spec = json.loads(args.run)
+        result = run_one(spec, args.quick)
+        path = args.out / "runs" / f"{spec['name']}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+        return
+    if not args.report:
+        (args.out / "runs").mkdir(parents=True, exist_ok=True)
+        for spec in plan(args.part, args.quick):
+            if (args.out / "runs" / f"{spec['name']}.json").exists():
+                continue
+            print(f"run {spec['name']}", flush=True)
+            cmd = [sys.executable, __file__, "--run", json.dumps(spec), "--out", str(args.out)]
+            subprocess.run(cmd + (["--quick"] if args.quick else []), check=True)
+    report(args.out)
+
+
+if __name__ == "__main__":
+    main()

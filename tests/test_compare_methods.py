@@ -1,0 +1,61 @@
+"""The comparison study: trainable counts are exactly as claimed, and --quick runs end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, str(__import__("conftest").ROOT / "benchmarks"))
+import compare_methods as cm  # noqa: E402
+
+import bitfit_utils as bu  # noqa: E402
+from conftest import ROOT, tiny_bert  # noqa: E402
+
+
+def counts():
+    return {m: cm.setup(tiny_bert(), m, seed=0)[1] for m in cm.METHODS}
+
+
+def test_trainable_counts_are_exactly_as_expected():
+    c = counts()
+    bitfit = bu.apply_bitfit(tiny_bert()).trainable
+    head = 16 * 2 + 2
+    assert c["bitfit"] == c["adaptive_init"] == c["random"] == bitfit
+    assert c["frozen"] == head
+    assert c["full"] == bu.count_parameters(tiny_bert())[1]
+    layer_norms = 2 * 16 * 2 + 16  # two LayerNorms per layer, plus the embeddings'
+    assert c["bitfit_ln"] == bitfit + layer_norms
+    assert c["bitfit_qi"] == 2 * 16 + 2 * 32 + head
+    assert c["bitfit_lora"] > c["lora"]
+    # the handout's class loses every bias and the head: it is LoRA (r=4) alone
+    lora_r4_alone = 2 * 2 * 4 * (16 + 16)  # layers x (query, value) x r x (in + out)
+    assert c["handout_bitfitlora"] == lora_r4_alone
+
+
+def test_adaptive_init_overwrites_pretrained_biases():
+    model = tiny_bert()
+    before = model.bert.encoder.layer[0].intermediate.dense.bias.detach().clone()
+    cm.setup(model, "adaptive_init", seed=0)
+    after = model.bert.encoder.layer[0].intermediate.dense.bias
+    assert not (before == after).any()
+
+
+def test_random_baseline_touches_only_masked_entries():
+    model, n = cm.setup(tiny_bert(), "random", seed=1)
+    assert n == bu.apply_bitfit(tiny_bert()).trainable
+
+
+def test_quick_study_runs_and_reports(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/compare_methods.py", "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert {r["method"] for r in runs} == set(cm.METHODS)
+    assert all(0 <= r["dev_f1"] <= 100 and r["checkpoint_bytes"] > 0 for r in runs)
+    assert (tmp_path / "methods.md").read_text().count("\n") == len(cm.METHODS) + 2
+    assert (tmp_path / "methods.png").stat().st_size > 0
+    # resumable: a second call finds every run done and trains nothing
+    again = subprocess.run([sys.executable, "benchmarks/compare_methods.py", "--quick", "--out", str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "run main-" not in again.stdout
