@@ -125,6 +125,10 @@ def checkpoint_bytes(model, method: str) -> int:
             return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
         if method in ("full", "random"):
             return int(bu.full_model_size_mb(model) * 1e6)  # a random mask touches whole tensors
+        if method == "bitfit_ln":  # LayerNorm gains are not biases: store the trainable tensors directly
+            from safetensors.torch import save
+
+            return len(save({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}))
         return bu.save_bias_checkpoint(model, Path(folder) / "p.safetensors").stat().st_size
 
 
