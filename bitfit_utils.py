@@ -903,7 +903,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    args = TrainingArguments(
+    settings = dict(
         output_dir=str(output_dir),
         learning_rate=learning_rate,
         num_train_epochs=epochs,
@@ -923,8 +923,10 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         seed=seed,
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
-        **overrides,
+        use_cpu=get_device().type == "cpu",  # lets torchrun/accelerate start CPU processes (gloo)
+        ddp_find_unused_parameters=False,  # every trainable tensor is used in the forward pass
     )
+    args = TrainingArguments(**{**settings, **overrides})
     return Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                    processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                    compute_metrics=compute_metrics)

@@ -2,7 +2,7 @@
 
     python benchmarks/train_mrpc.py --quick
     accelerate launch --num_processes 2 benchmarks/train_mrpc.py          # 2 GPUs
-    accelerate launch --cpu --num_processes 2 benchmarks/train_mrpc.py    # 2 CPU processes
+    torchrun --nproc_per_node 2 benchmarks/train_mrpc.py                  # 2 CPU processes (gloo)
 
 Trainer picks up the distributed setup from accelerate; nothing here is distributed by hand.
 """
