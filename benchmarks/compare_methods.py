@@ -96,7 +96,8 @@ def setup(model, method: str, seed: int, groups: list[str] | None = None):
                 module.weight.requires_grad = True
     elif method == "random":
         bitfit_count = bu.apply_bitfit(model).trainable
-        head = [p for n, p in model.named_parameters() if bu.parameter_groups(model)[n] == "head"]
+        groups = bu.parameter_groups(model)
+        head = [p for n, p in model.named_parameters() if groups[n] == "head"]
         head_count = sum(p.numel() for p in head)
         model.requires_grad_(False)
         masks = bu.random_parameter_mask(model, bitfit_count - head_count, seed=seed)
