@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke test (CI)")
     parser.add_argument("--epoch", action="store_true", help="also time one Trainer epoch per recipe on MRPC")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--shapes", nargs="+", choices=["minilm", "bert-base"], help="which model shapes to run")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -221,7 +222,7 @@ def main() -> None:
     device = bu.get_device()
     bs, seq = (8, 32) if args.quick else (32, 128)
     repeats = 3 if args.quick else 10
-    shapes = ["minilm"] if args.quick else ["minilm", "bert-base"]
+    shapes = args.shapes or (["minilm"] if args.quick else ["minilm", "bert-base"])
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}",
                "torch": torch.__version__, "batch": bs, "seq_len": seq, "shapes": {}}
     print(f"# BitFit benchmark on {results['machine']} (torch {torch.__version__}), batch {bs}, length {seq}, fp32")
