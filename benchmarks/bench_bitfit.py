@@ -15,7 +15,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,27 +27,40 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bitfit_utils as bu  # noqa: E402
 
-METHODS = {"full": None, "bitfit": "all", "bitfit_qi": ["query", "intermediate"]}
+# "plain": BitFit selected by parameter name in plain PyTorch, to show bitfit_utils' path costs the same.
+METHODS = {"full": None, "bitfit": "all", "bitfit_qi": ["query", "intermediate"], "plain": "by-name"}
+# glibc keeps freed heap memory and moves its mmap threshold up, so peak RSS would mostly show the
+# allocator's history; fixed thresholds make RSS follow the live tensors.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-def build(shape: str, quick: bool):
+def build(shape: str, quick: bool, dropout: bool = True):
     """A classifier of the given shape: the offline MiniLM (real weights) or BERT-base (random)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     if shape == "minilm":
         config = BertConfig.from_pretrained(bu.offline_model_path(), num_labels=2)
-        if quick:
-            return BertForSequenceClassification(config)
-        model, _ = bu.load_model(bu.OFFLINE_MODEL, verbose=False)
-        return model
-    return BertForSequenceClassification(BertConfig(num_labels=2))
+        if quick or not dropout:
+            model = BertForSequenceClassification(config)
+        else:
+            model, _ = bu.load_model(bu.OFFLINE_MODEL, verbose=False)
+    else:
+        model = BertForSequenceClassification(BertConfig(num_labels=2))
+    if not dropout:  # the same model without dropout: shows what the dropout masks cost both methods
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0  # BERT's attention passes self.dropout.p to SDPA as well
+    return model
 
 
 def prepare(model, method: str):
     """Set requires_grad for a method; return an AdamW over the trainable parameters only."""
     if METHODS[method] is None:
         bu.setup_method(model, "full")
+    elif METHODS[method] == "by-name":
+        for name, param in model.named_parameters():
+            param.requires_grad = name.endswith(".bias") or name.startswith("classifier.")
     else:
         bu.apply_bitfit(model, METHODS[method])
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -74,18 +86,19 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def step_times(shape, bs, seq, repeats, quick, device, amp=False) -> dict[str, float]:
+def step_times(shape, bs, seq, repeats, quick, device, amp=False, methods=tuple(METHODS),
+               dropout=True) -> dict[str, float]:
     """Median training-step time per method, interleaved."""
-    base = build(shape, quick)
+    base = build(shape, quick, dropout)
     setups = {}
-    for method in METHODS:
+    for method in methods:
         model = copy.deepcopy(base).to(device).train()
         setups[method] = (model, prepare(model, method))
     inputs = batch(bs, seq, device)
     for model, opt in setups.values():  # warm up: allocator, optimizer state
         for _ in range(2):
             step(model, opt, inputs, amp)
-    times = {m: [] for m in METHODS}
+    times = {m: [] for m in methods}
     for _ in range(repeats):
         for method, (model, opt) in setups.items():
             sync(device)
@@ -96,28 +109,85 @@ def step_times(shape, bs, seq, repeats, quick, device, amp=False) -> dict[str, f
     return {m: 1000 * float(np.median(t)) for m, t in times.items()}
 
 
-def memory_child(shape: str, method: str, bs: int, seq: int, quick: bool) -> None:
-    """Run in a fresh process: print RSS after loading and the peak during training (bytes)."""
+def memory_accounting(model, opt, inputs, amp: bool = False) -> dict[str, int]:
+    """Bytes a training step keeps alive, by kind, independent of any allocator.
+
+    activations: tensors autograd saves for the backward pass (parameters excluded),
+    gradients: ``.grad`` of every parameter, optimizer: the optimizer's state tensors.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(inputs["input_ids"].device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model(**inputs).loss
+    loss.backward()
+    grads = sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)
+    opt.step()
+    state = sum(v.nbytes for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    opt.zero_grad(set_to_none=True)
+    return {"activations": sum(saved.values()), "gradients": grads, "optimizer": state}
+
+
+def memory_child(shape: str, method: str, bs: int, seq: int, quick: bool, dropout: bool = True) -> None:
+    """Run in a fresh process: RSS after loading, the peak during training, and the accounting (bytes)."""
+    import pandas  # noqa: F401  (imported by apply_bitfit; import it first so "loaded" is alike for all)
     import psutil
 
-    model = build(shape, quick).train()
+    model = build(shape, quick, dropout).train()
     opt = prepare(model, method)
     inputs = batch(bs, seq, torch.device("cpu"))
     loaded = psutil.Process().memory_info().rss
-    before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    bu.peak_rss(reset=True)  # measure the training steps, not the loading
     for _ in range(3):
         step(model, opt, inputs, amp=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"loaded": loaded, "peak": peak, "load_peak": before_peak}))
+    peak = bu.peak_rss()
+    print(json.dumps({"loaded": loaded, "peak": peak, **memory_accounting(model, opt, inputs)}))
 
 
-def cpu_memory(shape, bs, seq, quick) -> dict[str, dict[str, int]]:
+def cpu_memory(shape, bs, seq, quick, methods=tuple(METHODS), dropout=True) -> dict[str, dict[str, int]]:
     out = {}
-    for method in METHODS:
-        cmd = [sys.executable, __file__, "--memory-child", shape, method, str(bs), str(seq)] + (["--quick"] if quick else [])
-        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    for method in methods:
+        cmd = [sys.executable, __file__, "--memory-child", shape, method, str(bs), str(seq), str(int(dropout))]
+        cmd += ["--quick"] if quick else []
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV})
         out[method] = json.loads(result.stdout.strip().splitlines()[-1])
     return out
+
+
+def op_profile(shape, bs, seq, quick, device, methods=("full", "bitfit"), steps=3) -> dict[str, dict[str, float]]:
+    """Self time (ms) per operator, mean of ``steps`` steady-state steps per method (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    base = build(shape, quick)
+    inputs = batch(bs, seq, device)
+    out = {}
+    for method in methods:
+        model = copy.deepcopy(base).to(device).train()
+        opt = prepare(model, method)
+        for _ in range(2):
+            step(model, opt, inputs, amp=False)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step(model, opt, inputs, amp=False)
+        out[method] = {e.key: e.self_cpu_time_total / 1000 / steps for e in prof.key_averages()}
+    return out
+
+
+def print_profile(prof: dict[str, dict[str, float]], top: int = 6) -> None:
+    full, bitfit = prof["full"], prof["bitfit"]
+    total = sum(full.values())
+    saved = sorted(((full.get(k, 0) - bitfit.get(k, 0), k) for k in full), reverse=True)[:top]
+    shared = sorted(((min(full.get(k, 0), bitfit.get(k, 0)), k) for k in full), reverse=True)[:top]
+    print(f"  profile, mean step (self CPU ms; full {total:.0f}, BitFit {sum(bitfit.values()):.0f}):")
+    print("    BitFit saves : " + ", ".join(f"{k} {v:.0f} ({100 * v / total:.0f} %)" for v, k in saved))
+    print("    both pay     : " + ", ".join(f"{k} {v:.0f} ({100 * v / total:.0f} %)" for v, k in shared))
 
 
 def gpu_memory(shape, bs, seq, amp) -> dict[str, int]:
@@ -145,9 +215,10 @@ def inference_ratio(shape, bs, seq, repeats, quick, device) -> tuple[float, floa
                 p.add_(0.01)
     inputs = {k: v for k, v in batch(bs, seq, device).items() if k != "labels"}
     t = {"base": [], "bitfit": []}
-    with torch.no_grad():
-        for _ in range(repeats):
-            for name, model in (("base", base), ("bitfit", tuned)):
+    pair = [("base", base), ("bitfit", tuned)]
+    with torch.inference_mode():
+        for i in range(2 * repeats):  # alternate which model goes first, so order effects cancel
+            for name, model in pair[:: 1 if i % 2 == 0 else -1]:
                 t[name].append(bu.median_latency(lambda: (model(**inputs), sync(device)), repeats=3, warmup=1))
     base_ms, tuned_ms = float(np.median(t["base"])), float(np.median(t["bitfit"]))
     return base_ms, tuned_ms
@@ -211,18 +282,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke test (CI)")
     parser.add_argument("--epoch", action="store_true", help="also time one Trainer epoch per recipe on MRPC")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--shapes", nargs="+", choices=["minilm", "bert-base"], help="which model shapes to run")
-    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--shapes", nargs="*", choices=["minilm", "bert-base"], help="which model shapes to run")
+    parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        shape, method, bs, seq = args.memory_child
-        memory_child(shape, method, int(bs), int(seq), args.quick)
+        shape, method, bs, seq, dropout = args.memory_child
+        memory_child(shape, method, int(bs), int(seq), args.quick, dropout == "1")
         return
 
     device = bu.get_device()
     bs, seq = (8, 32) if args.quick else (32, 128)
     repeats = 3 if args.quick else 10
-    shapes = args.shapes or (["minilm"] if args.quick else ["minilm", "bert-base"])
+    shapes = args.shapes if args.shapes is not None else (["minilm"] if args.quick else ["minilm", "bert-base"])
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}",
                "torch": torch.__version__, "batch": bs, "seq_len": seq, "shapes": {}}
     print(f"# BitFit benchmark on {results['machine']} (torch {torch.__version__}), batch {bs}, length {seq}, fp32")
@@ -233,6 +304,13 @@ def main() -> None:
         print(f"\n## {shape}\nstep time (ms): " + ", ".join(f"{m} {v:.1f}" for m, v in s.items()))
         print(f"  ratio BitFit / full FT          : {s['bitfit'] / s['full']:.3f}")
         print(f"  ratio BitFit(q+i) / full FT     : {s['bitfit_qi'] / s['full']:.3f}")
+        print(f"  ratio plain-PyTorch BitFit / ours: {s['plain'] / s['bitfit']:.3f}")
+        r["step_ms_no_dropout"] = d = step_times(shape, bs, seq, max(3, repeats // 2), args.quick, device,
+                                                 methods=("full", "bitfit"), dropout=False)
+        print(f"  without dropout, BitFit / full  : {d['bitfit'] / d['full']:.3f} "
+              f"({d['bitfit']:.1f} / {d['full']:.1f} ms)")
+        r["profile_ms"] = prof = op_profile(shape, bs, seq, args.quick, device)
+        print_profile(prof)
         if device.type == "cuda":
             r["step_ms_bf16"] = b = step_times(shape, bs, seq, repeats, False, device, amp=True)
             print(f"  bf16 autocast: BitFit / full FT  : {b['bitfit'] / b['full']:.3f}")
@@ -245,6 +323,14 @@ def main() -> None:
             print(f"  training memory above loaded model, BitFit / full FT: {above['bitfit'] / above['full']:.3f} "
                   f"({above['bitfit'] / 2**20:.0f} / {above['full'] / 2**20:.0f} MiB; "
                   f"peak RSS {m['bitfit']['peak'] / 2**20:.0f} / {m['full']['peak'] / 2**20:.0f} MiB)")
+            kept = {k: v["activations"] + v["gradients"] + v["optimizer"] for k, v in m.items()}
+            print(f"  memory a step keeps, BitFit / full FT: {kept['bitfit'] / kept['full']:.3f} (MiB: " + "; ".join(
+                f"{k} activations {m[k]['activations'] / 2**20:.0f} + gradients {m[k]['gradients'] / 2**20:.1f} "
+                f"+ optimizer {m[k]['optimizer'] / 2**20:.1f}" for k in ("full", "bitfit")) + ")")
+            r["cpu_rss_no_dropout"] = n = cpu_memory(shape, bs, seq, args.quick, ("full", "bitfit"), dropout=False)
+            above = {k: v["peak"] - v["loaded"] for k, v in n.items()}
+            print(f"  without dropout, memory above loaded model: {above['bitfit'] / above['full']:.3f} "
+                  f"({above['bitfit'] / 2**20:.0f} / {above['full'] / 2**20:.0f} MiB)")
         base_ms, tuned_ms = inference_ratio(shape, bs, seq, repeats, args.quick, device)
         r["inference_ms"] = {"base": base_ms, "bitfit": tuned_ms}
         print(f"  inference BitFit / base         : {tuned_ms / base_ms:.3f} ({tuned_ms:.1f} / {base_ms:.1f} ms)")

@@ -55,3 +55,25 @@ def test_trainer_optimises_only_trainable_and_records_history(tmp_path, tokenize
     assert frozen_changed == []
     fig = bu.plot_history(history)
     assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in fig.axes)
+
+
+def test_peak_rss_is_this_process_not_the_parent():
+    """A child started by a big parent must not inherit the parent's peak (ru_maxrss does on Linux)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import ROOT
+
+    big = torch.ones(300 * 2**20 // 4)  # the parent holds ~300 MiB more than the child will
+    code = "import bitfit_utils as bu; print(bu.peak_rss())"
+    child = int(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.split()[-1])
+    assert bu.peak_rss() - child > 200 * 2**20
+    del big
+    bu.peak_rss(reset=True)
+    before = bu.peak_rss()
+    grown = torch.ones(100 * 2**20 // 4)
+    assert bu.peak_rss() - before > 80 * 2**20
+    del grown
