@@ -181,11 +181,20 @@ def plan(part: str, quick: bool) -> list[dict]:
     return runs
 
 
+def _cell(value) -> str:
+    if isinstance(value, float) and value != value:
+        return "–"  # NaN: e.g. the std of a single seed
+    if isinstance(value, (int, float)) and float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return str(value)
+
+
 def markdown(table) -> str:
     """A DataFrame as a GitHub markdown table (no extra dependency)."""
     lines = ["| " + " | ".join([table.index.name or "", *map(str, table.columns)]) + " |",
              "|" + "---|" * (len(table.columns) + 1)]
-    lines += ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(table.index, table.to_numpy())]
+    lines += ["| " + " | ".join([str(i), *(_cell(v) for v in row)]) + " |"
+              for i, row in zip(table.index, table.itertuples(index=False))]
     return "\n".join(lines) + "\n"
 
 
@@ -208,8 +217,11 @@ def report(folder: Path) -> None:
         checkpoint_mb=("checkpoint_bytes", lambda b: b.iloc[0] / 1e6), s_per_epoch=("train_s_per_epoch", "mean"),
         peak_rss_mib=("peak_rss_mib", "mean"), acc_mean=("dev_accuracy", "mean"), acc_std=("dev_accuracy", "std"),
         f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"), seeds=("seed", "count"))
+    table = table.reindex([m for m in METHODS if m in table.index])  # the order of METHODS
     table.to_csv(folder / "methods.csv")
-    (folder / "methods.md").write_text(markdown(table.round(3)))
+    (folder / "methods.md").write_text(markdown(table.round(
+        {"trainable_pct": 3, "checkpoint_mb": 3, "s_per_epoch": 1, "peak_rss_mib": 0, "acc_mean": 1, "acc_std": 1,
+         "f1_mean": 1, "f1_std": 1})))
     print(table.round(3).to_string())
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.bar(table.index, table.f1_mean, yerr=table.f1_std.fillna(0))
