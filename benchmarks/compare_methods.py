@@ -236,9 +236,9 @@ def report(folder: Path) -> None:
 
 def report_curve(frame, folder: Path, plt) -> None:
     """Train-size curve (paper Fig. 2): BitFit vs full FT, dev F1 against the share of MRPC train."""
-    runs = frame[(frame.part == "curve") | ((frame.part == "main") & frame.method.isin(["bitfit", "full"]))]
     if not (frame.part == "curve").any():
         return
+    runs = frame[(frame.part == "curve") | ((frame.part == "main") & frame.method.isin(["bitfit", "full"]))]
     curve = runs.groupby(["method", "fraction"]).agg(f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"),
                                                      acc_mean=("dev_accuracy", "mean"), seeds=("seed", "count"))
     curve.to_csv(folder / "curve.csv")

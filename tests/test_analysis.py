@@ -62,8 +62,6 @@ def test_peak_rss_is_this_process_not_the_parent():
     import subprocess
     import sys
 
-    import torch
-
     from conftest import ROOT
 
     big = torch.ones(300 * 2**20 // 4)  # the parent holds ~300 MiB more than the child will
