@@ -168,7 +168,6 @@ def plan(part: str, quick: bool) -> list[dict]:
     seeds = SEEDS[:1] if quick else SEEDS
     runs = []
     if part in ("all", "main"):
-        # seed-major, so a study stopped part-way already has every method at least once
         runs += [{"part": "main", "method": m, "seed": s, "fraction": 1.0} for s in seeds for m in METHODS]
     if part in ("all", "curve") and not quick:
         runs += [{"part": "curve", "method": m, "seed": s, "fraction": f}
@@ -176,6 +175,8 @@ def plan(part: str, quick: bool) -> list[dict]:
     if part in ("all", "groups") and not quick:
         runs += [{"part": "groups", "method": "bitfit", "groups": [g], "seed": s, "fraction": 1.0}
                  for s in GROUP_SEEDS for g in bu.BIAS_GROUPS[:10]]
+    # seed-major across parts: a study stopped part-way has every method, fraction and group for seed 0 first
+    runs.sort(key=lambda r: r["seed"])
     for r in runs:
         r["name"] = "-".join([r["part"], r["method"], *r.get("groups", []), f"s{r['seed']}", f"f{r['fraction']}"])
     return runs
