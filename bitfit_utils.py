@@ -6,7 +6,11 @@ task head). This module holds everything the three notebooks share, in four part
 1. Selection: which bias belongs to which module role, ``apply_bitfit``, counting.
 2. Checkpoints: bias-only "packs" as safetensors, written atomically, verified on load.
 3. Loading: MRPC and the model, from the Hugging Face Hub or offline.
-4. Training and analysis: a ``Trainer`` set up for the lab, metrics, bias changes.
+4. Training and analysis: a ``Trainer`` set up for the lab, metrics, bias changes,
+   the comparison study's tables.
+
+Selection also holds LoRA (peft) and two recipes of the lab handout reproduced as
+written, so the notebooks can show what they really do.
 
 Every function is small and self-contained so students can read it in one go.
 """
@@ -117,20 +121,30 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
     Groups are the ``BIAS_GROUPS`` for encoder biases, ``"head"`` for everything
     outside the encoder (classifier, pre_classifier, score, ...) and ``"frozen"``
     for the remaining encoder parameters (weight matrices, embeddings, LayerNorm gains).
+    A peft-wrapped model (``apply_lora``) also has a ``"lora"`` group.
 
     Raises:
         ValueError: when an encoder bias fits no known role (it is never skipped silently).
     """
-    prefix = _base_prefix(model)
+    peft_wrapped = hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+    prefix = _base_prefix(model.get_base_model() if peft_wrapped else model)
     groups: dict[str, str] = {}
-    for name, _ in model.named_parameters():
+    for full_name, _ in model.named_parameters():
+        name = full_name
+        if peft_wrapped:  # peft: base_model.model.<name>, LoRA matrices, wrapped layers' base_layer
+            if ".lora_" in name:
+                groups[full_name] = "lora"
+                continue
+            name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
         if prefix and not name.startswith(prefix + "."):
+            groups[full_name] = "head"
+            continue
             groups[name] = "head"
             continue
         inner = name[len(prefix) + 1 :] if prefix else name
         module_path, _, leaf = inner.rpartition(".")
         if leaf != "bias":
-            groups[name] = "frozen"
+            groups[full_name] = "frozen"
             continue
         role = module_role(module_path)
         if role is None:
@@ -139,7 +153,7 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
                 "BERT, RoBERTa, ELECTRA, MiniLM and DistilBERT; for another architecture "
                 "add its module path to _ROLE_PATTERNS in bitfit_utils.py."
             )
-        groups[name] = role
+        groups[full_name] = role
     return groups
 
 
@@ -287,7 +301,7 @@ def parameter_table(model: nn.Module):
         row["tensors"] += 1
         row["parameters"] += param.numel()
         row["trainable"] += param.numel() if param.requires_grad else 0
-    order = [g for g in (*BIAS_GROUPS, "head", "frozen") if g in rows]
+    order = [g for g in (*BIAS_GROUPS, "lora", "head", "frozen") if g in rows]
     table = pd.DataFrame([{"group": g, **rows[g]} for g in order]).set_index("group")
     table.loc["total"] = table.sum()
     table = table.astype(int)
@@ -355,6 +369,67 @@ def mask_gradients(model: nn.Module, masks: dict[str, torch.Tensor]) -> list:
         params[name].requires_grad = True
         handles.append(params[name].register_hook(lambda g, m=mask: g * m.to(g.device, g.dtype)))
     return handles
+
+
+def apply_lora(model: nn.Module, r: int = 8, bias: str = "none") -> nn.Module:
+    """Wrap a sequence classifier with LoRA on ``query`` and ``value`` (peft).
+
+    ``task_type=SEQ_CLS`` keeps the task head trainable. ``bias="all"`` is the
+    correct way to add BitFit to LoRA: ``get_peft_model`` freezes every
+    parameter that is not a LoRA matrix, except the biases when ``bias="all"``.
+
+    Args:
+        model: a ``...ForSequenceClassification`` model.
+        r: LoRA rank (``lora_alpha = 2 * r``, dropout 0.1).
+        bias: ``"none"`` (LoRA alone) or ``"all"`` (LoRA + every bias: BitFit + LoRA).
+
+    Returns:
+        The ``PeftModel``; train it like any model.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    if bias not in ("none", "all"):
+        raise ValueError(f"bias must be 'none' (LoRA alone) or 'all' (BitFit + LoRA), got {bias!r}")
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
+                        target_modules=["query", "value"], bias=bias)
+    return get_peft_model(model, config)
+
+
+class HandoutBitFitLoRA(nn.Module):
+    """The lab handout's ``BitFitLoRA`` class, reproduced as written. Do not use it.
+
+    It freezes every non-bias weight (the head's weight too), then calls
+    ``get_peft_model`` with a default ``LoraConfig``, which freezes every
+    non-LoRA parameter again: no bias and no part of the head stays trainable.
+    The notebooks and ``benchmarks/compare_methods.py`` use it to show this.
+    """
+
+    def __init__(self, base_model: nn.Module, lora_r: int = 4):
+        from peft import LoraConfig, get_peft_model
+
+        super().__init__()
+        self.base_model = base_model
+        for name, param in base_model.named_parameters():
+            if ".bias" not in name:
+                param.requires_grad = False
+        lora_config = LoraConfig(r=lora_r, target_modules=["query", "value"])
+        self.peft_model = get_peft_model(self.base_model, lora_config)
+
+    def forward(self, **inputs):
+        return self.peft_model(**inputs)
+
+
+def handout_adaptive_bias_initialization(model: nn.Module, task_type: str) -> None:
+    """The lab handout's "adaptive bias initialisation", reproduced. Do not use it.
+
+    It draws every trainable bias afresh from N(0, 0.01) (classification), i.e.
+    it throws away the pre-trained biases BitFit is meant to fine-tune.
+    """
+    strategies = {"classification": {"std": 0.01, "mean": 0.0}, "generation": {"std": 0.02, "mean": 0.1}}
+    strategy = strategies.get(task_type, {"std": 0.01, "mean": 0.0})
+    for name, param in model.named_parameters():
+        if ".bias" in name and param.requires_grad:
+            nn.init.normal_(param, mean=strategy["mean"], std=strategy["std"])
 
 
 # ---------------------------------------------------------------------------
@@ -1003,6 +1078,29 @@ def plot_bias_changes(changes, title: str = "Bias change per layer and group"):
     fig.colorbar(image, ax=ax, label="mean |b0 - bF| per entry")
     fig.tight_layout()
     return fig
+
+
+def load_study(folder: str | os.PathLike = "results") -> dict[str, Any]:
+    """Read the tables ``benchmarks/compare_methods.py`` wrote (methods, curve, groups).
+
+    Returns:
+        ``{"methods": DataFrame, "curve": DataFrame | None, "groups": DataFrame | None}``;
+        ``curve`` and ``groups`` are ``None`` until those parts of the study have run.
+
+    Raises:
+        LabStepMissing: no ``methods.csv`` in ``folder``, with the command that makes it.
+    """
+    import pandas as pd
+
+    folder = Path(folder)
+    if not (folder / "methods.csv").exists():
+        raise LabStepMissing(f"No study results in '{folder}'. Run `python benchmarks/compare_methods.py` "
+                             "(hours on a CPU; `--report` rebuilds the tables from finished runs).")
+    tables: dict[str, Any] = {"methods": pd.read_csv(folder / "methods.csv", index_col="method")}
+    for name, index in (("curve", ["method", "fraction"]), ("groups", "group")):
+        path = folder / f"{name}.csv"
+        tables[name] = pd.read_csv(path, index_col=index) if path.exists() else None
+    return tables
 
 
 def median_latency(fn, repeats: int = 20, warmup: int = 3) -> float:

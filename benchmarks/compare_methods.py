@@ -48,41 +48,6 @@ FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 RESULTS = ROOT / "results"
 
 
-def handout_adaptive_bias_initialization(model: nn.Module, task_type: str) -> None:
-    """The handout's recipe, verbatim in effect: it overwrites every trainable bias with noise."""
-    strategies = {"classification": {"std": 0.01, "mean": 0.0}, "generation": {"std": 0.02, "mean": 0.1}}
-    strategy = strategies.get(task_type, {"std": 0.01, "mean": 0.0})
-    for name, param in model.named_parameters():
-        if ".bias" in name and param.requires_grad:
-            nn.init.normal_(param, mean=strategy["mean"], std=strategy["std"])
-
-
-class HandoutBitFitLoRA(nn.Module):
-    """The handout's BitFitLoRA class as written (r=4, no task type)."""
-
-    def __init__(self, base_model, lora_r=4):
-        from peft import LoraConfig, get_peft_model
-
-        super().__init__()
-        self.base_model = base_model
-        for name, param in base_model.named_parameters():
-            if ".bias" not in name:
-                param.requires_grad = False
-        lora_config = LoraConfig(r=lora_r, target_modules=["query", "value"])
-        self.peft_model = get_peft_model(self.base_model, lora_config)
-
-    def forward(self, **inputs):
-        return self.peft_model(**inputs)
-
-
-def lora_model(model, bias: str, r: int = 8):
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
-                        target_modules=["query", "value"], bias=bias)
-    return get_peft_model(model, config)
-
-
 def setup(model, method: str, seed: int, groups: list[str] | None = None):
     """Prepare ``model`` for ``method``; return (model to train, trainable scalar count)."""
     if groups is not None:
@@ -108,14 +73,14 @@ def setup(model, method: str, seed: int, groups: list[str] | None = None):
             p.requires_grad = True
         return model, sum(int(m.sum()) for m in masks.values()) + head_count
     elif method == "lora":
-        model = lora_model(model, bias="none")
+        model = bu.apply_lora(model, bias="none")
     elif method == "bitfit_lora":
-        model = lora_model(model, bias="all")
+        model = bu.apply_lora(model, bias="all")
     elif method == "handout_bitfitlora":
-        model = HandoutBitFitLoRA(model).peft_model
+        model = bu.HandoutBitFitLoRA(model).peft_model
     elif method == "adaptive_init":
         bu.apply_bitfit(model)
-        handout_adaptive_bias_initialization(model, "classification")
+        bu.handout_adaptive_bias_initialization(model, "classification")
     else:
         raise ValueError(f"unknown method {method!r}")
     return model, bu.count_parameters(model)[0]

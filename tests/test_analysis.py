@@ -75,3 +75,12 @@ def test_peak_rss_is_this_process_not_the_parent():
     grown = torch.ones(100 * 2**20 // 4)
     assert bu.peak_rss() - before > 80 * 2**20
     del grown
+
+
+def test_load_study_reads_tables_or_says_what_to_run(tmp_path):
+    with pytest.raises(bu.LabStepMissing, match="compare_methods.py"):
+        bu.load_study(tmp_path)
+    (tmp_path / "methods.csv").write_text("method,trainable,f1_mean\nbitfit,10,80.5\n")
+    tables = bu.load_study(tmp_path)
+    assert tables["methods"].loc["bitfit", "f1_mean"] == 80.5
+    assert tables["curve"] is None and tables["groups"] is None

@@ -195,3 +195,29 @@ def test_setup_method_baselines(model):
     assert bu.setup_method(model, "bitfit") == (bu.apply_bitfit(tiny_bert()).trainable, total)
     with pytest.raises(ValueError, match="'frozen', 'bitfit' or 'full'"):
         bu.setup_method(model, "lora")
+
+
+def test_lora_groups_and_the_handouts_class_losing_biases():
+    lora_all = bu.parameter_table(bu.apply_lora(tiny_bert(), r=4, bias="all"))
+    lora_none = bu.parameter_table(bu.apply_lora(tiny_bert(), r=4, bias="none"))
+    handout = bu.parameter_table(bu.HandoutBitFitLoRA(tiny_bert(), lora_r=4).peft_model)
+    lora_r4 = 2 * 2 * 4 * (16 + 16)  # layers x (query, value) x r x (in + out)
+    bias_rows = [g for g in bu.BIAS_GROUPS if g in lora_all.index]
+    assert (lora_all.loc[bias_rows, "trainable"] == lora_all.loc[bias_rows, "parameters"]).all()
+    assert (lora_none.loc[bias_rows, "trainable"] == 0).all()
+    assert lora_all.loc["head", "trainable"] == lora_none.loc["head", "trainable"] == 16 * 2 + 2
+    # the handout's class: LoRA matrices only, no bias, no head
+    assert handout.loc["lora", "trainable"] == handout.loc["total", "trainable"] == lora_r4
+    assert handout.loc["head", "trainable"] == 0
+    with pytest.raises(ValueError, match="'none'.*'all'"):
+        bu.apply_lora(tiny_bert(), bias="lora_only")
+
+
+def test_handout_adaptive_init_replaces_pretrained_biases(model):
+    bu.apply_bitfit(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith(".bias")}
+    bu.handout_adaptive_bias_initialization(model, "classification")
+    after = dict(model.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in before)
+    drawn = torch.cat([after[n].detach().flatten() for n in before])
+    assert abs(drawn.std().item() - 0.01) < 0.003  # fresh N(0, 0.01) noise, whatever was there before
