@@ -179,7 +179,7 @@ def report(folder: Path) -> None:
     frame.to_csv(folder / "runs.csv", index=False)
     main = frame[frame.part == "main"]
     table = main.groupby("method", sort=False).agg(
-        trainable=("trainable", "first"), trainable_pct=("trainable_pct", "first"),
+        lr=("lr", "first"), epochs=("epochs", "first"), trainable=("trainable", "first"), trainable_pct=("trainable_pct", "first"),
         checkpoint_mb=("checkpoint_bytes", lambda b: b.iloc[0] / 1e6), s_per_epoch=("train_s_per_epoch", "mean"),
         peak_rss_mib=("peak_rss_mib", "mean"), acc_mean=("dev_accuracy", "mean"), acc_std=("dev_accuracy", "std"),
         f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"), seeds=("seed", "count"))
