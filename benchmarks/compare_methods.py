@@ -126,6 +126,7 @@ def run_one(spec: dict, quick: bool) -> dict:
             "checkpoint_bytes": checkpoint_bytes(model, spec["method"]),
             "train_s_per_epoch": seconds / epochs,
             "peak_rss_mib": bu.peak_rss() / 2**20,
+            "cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
             "dev_accuracy": 100 * metrics["eval_accuracy"], "dev_f1": 100 * metrics["eval_f1"]}
 
 
@@ -179,15 +180,19 @@ def report(folder: Path) -> None:
     frame.to_csv(folder / "runs.csv", index=False)
     main = frame[frame.part == "main"]
     table = main.groupby("method", sort=False).agg(
-        lr=("lr", "first"), epochs=("epochs", "first"), trainable=("trainable", "first"), trainable_pct=("trainable_pct", "first"),
+        lr=("lr", "first"), epochs=("epochs", "first"), trainable=("trainable", "first"),
+        trainable_pct=("trainable_pct", "first"),
         checkpoint_mb=("checkpoint_bytes", lambda b: b.iloc[0] / 1e6), s_per_epoch=("train_s_per_epoch", "mean"),
         peak_rss_mib=("peak_rss_mib", "mean"), acc_mean=("dev_accuracy", "mean"), acc_std=("dev_accuracy", "std"),
         f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"), seeds=("seed", "count"))
+    if "cuda_max_allocated_mib" in main and main["cuda_max_allocated_mib"].notna().any():  # runs on a GPU
+        table.insert(table.columns.get_loc("peak_rss_mib") + 1, "cuda_max_mib",
+                     main.groupby("method", sort=False)["cuda_max_allocated_mib"].mean())
     table = table.reindex([m for m in METHODS if m in table.index])  # the order of METHODS
     table.to_csv(folder / "methods.csv")
     (folder / "methods.md").write_text(markdown(table.round(
-        {"trainable_pct": 3, "checkpoint_mb": 3, "s_per_epoch": 1, "peak_rss_mib": 0, "acc_mean": 1, "acc_std": 1,
-         "f1_mean": 1, "f1_std": 1})))
+        {"trainable_pct": 3, "checkpoint_mb": 3, "s_per_epoch": 1, "peak_rss_mib": 0, "cuda_max_mib": 0,
+         "acc_mean": 1, "acc_std": 1, "f1_mean": 1, "f1_std": 1})))
     print(table.round(3).to_string())
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.bar(table.index, table.f1_mean, yerr=table.f1_std.fillna(0))

@@ -59,3 +59,23 @@ def test_quick_study_runs_and_reports(tmp_path):
     again = subprocess.run([sys.executable, "benchmarks/compare_methods.py", "--quick", "--out", str(tmp_path)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "run main-" not in again.stdout
+
+
+def test_report_adds_cuda_column_only_for_gpu_runs(tmp_path):
+    (tmp_path / "runs").mkdir()
+    base = {"part": "main", "fraction": 1.0, "lr": 1e-3, "epochs": 7, "trainable": 10, "total": 100,
+            "trainable_pct": 10.0, "checkpoint_bytes": 1000, "train_s_per_epoch": 2.0, "peak_rss_mib": 500.0,
+            "dev_accuracy": 80.0, "dev_f1": 85.0}
+    for seed, cuda in ((0, None), (1, None)):
+        run = {**base, "method": "bitfit", "seed": seed, "name": f"main-bitfit-s{seed}", "cuda_max_allocated_mib": cuda}
+        (tmp_path / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
+    cm.report(tmp_path)
+    assert "cuda_max_mib" not in (tmp_path / "methods.csv").read_text()
+    run = {**base, "method": "full", "seed": 0, "name": "main-full-s0", "cuda_max_allocated_mib": 1234.0}
+    (tmp_path / "runs" / "main-full-s0.json").write_text(json.dumps(run))
+    cm.report(tmp_path)
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "methods.csv", index_col="method")
+    assert table.loc["full", "cuda_max_mib"] == 1234.0 and table.loc["bitfit", "f1_std"] == 0.0
+    assert list(table.index) == ["bitfit", "full"]  # the order of METHODS
