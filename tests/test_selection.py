@@ -221,3 +221,17 @@ def test_handout_adaptive_init_replaces_pretrained_biases(model):
     assert all(not torch.equal(before[n], after[n]) for n in before)
     drawn = torch.cat([after[n].detach().flatten() for n in before])
     assert abs(drawn.std().item() - 0.01) < 0.003  # fresh N(0, 0.01) noise, whatever was there before
+
+
+def test_handout_class_adapter_file_lacks_the_head(tmp_path):
+    """Its random head is not saved, so the trained model cannot be rebuilt from its checkpoint."""
+    from safetensors import safe_open
+
+    saved = {}
+    for name, model in (("handout", bu.HandoutBitFitLoRA(tiny_bert()).peft_model),
+                        ("lora", bu.apply_lora(tiny_bert()))):
+        model.save_pretrained(tmp_path / name)
+        with safe_open(str(next((tmp_path / name).glob("*.safetensors"))), "pt") as f:
+            saved[name] = [k for k in f.keys() if "lora_" not in k]
+    assert saved["handout"] == []
+    assert sorted(saved["lora"]) == ["base_model.model.classifier.bias", "base_model.model.classifier.weight"]
