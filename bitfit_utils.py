@@ -392,7 +392,10 @@ def apply_lora(model: nn.Module, r: int = 8, bias: str = "none") -> nn.Module:
         raise ValueError(f"bias must be 'none' (LoRA alone) or 'all' (BitFit + LoRA), got {bias!r}")
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
                         target_modules=["query", "value"], bias=bias)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft still calls a transformers 5 deprecated method; the warning is not the student's concern
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, config)
 
 
 class HandoutBitFitLoRA(nn.Module):
@@ -413,7 +416,9 @@ class HandoutBitFitLoRA(nn.Module):
             if ".bias" not in name:
                 param.requires_grad = False
         lora_config = LoraConfig(r=lora_r, target_modules=["query", "value"])
-        self.peft_model = get_peft_model(self.base_model, lora_config)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            self.peft_model = get_peft_model(self.base_model, lora_config)
 
     def forward(self, **inputs):
         return self.peft_model(**inputs)
