@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ METHODS = {
 SEEDS = (0, 1, 2)
 GROUP_SEEDS = (0,)  # the per-group study: one seed per group (10 runs of ~9 min each on a 2-core CPU)
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+BATCH_SIZE = 32
 RESULTS = ROOT / "results"
 
 
@@ -108,20 +110,28 @@ def run_one(spec: dict, quick: bool) -> dict:
     total = bu.count_parameters(model)[1]
     model, trainable = setup(model, spec["method"], spec["seed"], spec.get("groups"))
     encoded = bu.tokenize_pairs(data, tokenizer)
-    train = encoded["train"].shuffle(seed=spec["seed"])
-    n_train = 64 if quick else int(round(spec["fraction"] * len(train)))
-    train = train.select(range(n_train))
+    pool = 64 if quick else len(encoded["train"])
+    n_train = int(round(spec["fraction"] * pool))
+    train = encoded["train"].shuffle(seed=spec["seed"]).select(range(n_train))
     dev = encoded["validation"].select(range(64)) if quick else encoded["validation"]
     lr, epochs, _ = METHODS[spec["method"]]
     epochs = 1 if quick else epochs
+    overrides = {}
+    if spec["fraction"] < 1:
+        # A smaller train set gets the same optimizer steps, schedule and evaluation points as the full-data
+        # run (epochs x full-data epoch length); with a fixed epoch count 10 % of MRPC would get 84 steps.
+        full_epoch = math.ceil(pool / BATCH_SIZE)
+        every = {f"{kind}_strategy": "steps" for kind in ("eval", "save", "logging")}
+        overrides = {"max_steps": epochs * full_epoch, **every,
+                     **{f"{kind}_steps": full_epoch for kind in ("eval", "save", "logging")}}
     with tempfile.TemporaryDirectory() as out:
         trainer = bu.make_trainer(model, tokenizer, train, dev, out, learning_rate=lr, epochs=epochs,
-                                  seed=spec["seed"], disable_tqdm=True)
+                                  batch_size=BATCH_SIZE, seed=spec["seed"], disable_tqdm=True, **overrides)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
         metrics = trainer.evaluate()
-    return {**spec, "lr": lr, "epochs": epochs, "train_pairs": n_train, "trainable": trainable,
+    return {**spec, "lr": lr, "epochs": epochs, "steps": trainer.state.global_step, "train_pairs": n_train, "trainable": trainable,
             "total": total, "trainable_pct": 100 * trainable / total,
             "checkpoint_bytes": checkpoint_bytes(model, spec["method"]),
             "train_s_per_epoch": seconds / epochs,
@@ -135,9 +145,11 @@ def plan(part: str, quick: bool) -> list[dict]:
     runs = []
     if part in ("all", "main"):
         runs += [{"part": "main", "method": m, "seed": s, "fraction": 1.0} for s in seeds for m in METHODS]
-    if part in ("all", "curve") and not quick:
+    if part in ("all", "curve"):
+        fractions = (0.5,) if quick else FRACTIONS[:-1]  # --quick: one point, to exercise the code path
+        methods = ("bitfit",) if quick else ("bitfit", "full")
         runs += [{"part": "curve", "method": m, "seed": s, "fraction": f}
-                 for s in seeds for f in FRACTIONS[:-1] for m in ("bitfit", "full")]
+                 for s in seeds for f in fractions for m in methods]
     if part in ("all", "groups") and not quick:
         runs += [{"part": "groups", "method": "bitfit", "groups": [g], "seed": s, "fraction": 1.0}
                  for s in GROUP_SEEDS for g in bu.BIAS_GROUPS[:10]]
@@ -205,9 +217,16 @@ def report(folder: Path) -> None:
     report_groups(frame, folder)
 
 
+def _remove_stale(folder: Path, part: str) -> None:
+    """No runs of ``part`` (any more): drop its old tables and plot so nothing reports runs that are gone."""
+    for suffix in (".csv", ".md", ".png"):
+        (folder / f"{part}{suffix}").unlink(missing_ok=True)
+
+
 def report_curve(frame, folder: Path, plt) -> None:
     """Train-size curve (paper Fig. 2): BitFit vs full FT, dev F1 against the share of MRPC train."""
     if not (frame.part == "curve").any():
+        _remove_stale(folder, "curve")
         return
     runs = frame[(frame.part == "curve") | ((frame.part == "main") & frame.method.isin(["bitfit", "full"]))]
     curve = runs.groupby(["method", "fraction"]).agg(f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"),
@@ -229,6 +248,7 @@ def report_groups(frame, folder: Path) -> None:
     """BitFit with one bias group at a time, ranked by dev F1."""
     runs = frame[frame.part == "groups"].copy()
     if runs.empty:
+        _remove_stale(folder, "groups")
         return
     runs["group"] = runs["groups"].map(lambda g: g[0])
     table = runs.groupby("group").agg(trainable=("trainable", "first"), f1_mean=("dev_f1", "mean"),

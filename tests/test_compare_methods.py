@@ -51,14 +51,21 @@ def test_quick_study_runs_and_reports(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
-    assert {r["method"] for r in runs} == set(cm.METHODS)
+    main = [r for r in runs if r["part"] == "main"]
+    assert {r["method"] for r in main} == set(cm.METHODS) and len(main) == len(cm.METHODS)
+    # a train-size point gets the full-data run's step budget: 64 quick pairs = 2 steps, half of them = 1 step x 2
+    (curve,) = [r for r in runs if r["part"] == "curve"]
+    (bitfit,) = [r for r in main if r["method"] == "bitfit"]
+    assert (curve["train_pairs"], bitfit["train_pairs"]) == (32, 64)
+    assert curve["steps"] == bitfit["steps"] == 2
+    assert (tmp_path / "curve.csv").exists()
     assert all(0 <= r["dev_f1"] <= 100 and r["checkpoint_bytes"] > 0 for r in runs)
     assert (tmp_path / "methods.md").read_text().count("\n") == len(cm.METHODS) + 2
     assert (tmp_path / "methods.png").stat().st_size > 0
     # resumable: a second call finds every run done and trains nothing
     again = subprocess.run([sys.executable, "benchmarks/compare_methods.py", "--quick", "--out", str(tmp_path)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "run main-" not in again.stdout
+    assert again.returncode == 0 and "run " not in again.stdout
 
 
 def test_report_adds_cuda_column_only_for_gpu_runs(tmp_path):
