@@ -76,8 +76,10 @@ def test_report_adds_cuda_column_only_for_gpu_runs(tmp_path):
     for seed, cuda in ((0, None), (1, None)):
         run = {**base, "method": "bitfit", "seed": seed, "name": f"main-bitfit-s{seed}", "cuda_max_allocated_mib": cuda}
         (tmp_path / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
+    (tmp_path / "curve.csv").write_text("left over from runs that were deleted\n")
     cm.report(tmp_path)
     assert "cuda_max_mib" not in (tmp_path / "methods.csv").read_text()
+    assert not (tmp_path / "curve.csv").exists()  # no curve runs: no curve table
     run = {**base, "method": "full", "seed": 0, "name": "main-full-s0", "cuda_max_allocated_mib": 1234.0}
     (tmp_path / "runs" / "main-full-s0.json").write_text(json.dumps(run))
     cm.report(tmp_path)
