@@ -139,8 +139,6 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
         if prefix and not name.startswith(prefix + "."):
             groups[full_name] = "head"
             continue
-            groups[name] = "head"
-            continue
         inner = name[len(prefix) + 1 :] if prefix else name
         module_path, _, leaf = inner.rpartition(".")
         if leaf != "bias":
@@ -371,6 +369,15 @@ def mask_gradients(model: nn.Module, masks: dict[str, torch.Tensor]) -> list:
     return handles
 
 
+def _get_peft_model(model: nn.Module, config) -> nn.Module:
+    """``peft.get_peft_model`` without the FutureWarning it triggers in transformers 5 (not the student's concern)."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, config)
+
+
 def apply_lora(model: nn.Module, r: int = 8, bias: str = "none") -> nn.Module:
     """Wrap a sequence classifier with LoRA on ``query`` and ``value`` (peft).
 
@@ -386,16 +393,13 @@ def apply_lora(model: nn.Module, r: int = 8, bias: str = "none") -> nn.Module:
     Returns:
         The ``PeftModel``; train it like any model.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType
 
     if bias not in ("none", "all"):
         raise ValueError(f"bias must be 'none' (LoRA alone) or 'all' (BitFit + LoRA), got {bias!r}")
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
                         target_modules=["query", "value"], bias=bias)
-    with warnings.catch_warnings():
-        # peft still calls a transformers 5 deprecated method; the warning is not the student's concern
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        return get_peft_model(model, config)
+    return _get_peft_model(model, config)
 
 
 class HandoutBitFitLoRA(nn.Module):
@@ -408,7 +412,7 @@ class HandoutBitFitLoRA(nn.Module):
     """
 
     def __init__(self, base_model: nn.Module, lora_r: int = 4):
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
         super().__init__()
         self.base_model = base_model
@@ -416,9 +420,7 @@ class HandoutBitFitLoRA(nn.Module):
             if ".bias" not in name:
                 param.requires_grad = False
         lora_config = LoraConfig(r=lora_r, target_modules=["query", "value"])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-            self.peft_model = get_peft_model(self.base_model, lora_config)
+        self.peft_model = _get_peft_model(self.base_model, lora_config)
 
     def forward(self, **inputs):
         return self.peft_model(**inputs)

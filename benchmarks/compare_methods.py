@@ -121,9 +121,9 @@ def run_one(spec: dict, quick: bool) -> dict:
         # A smaller train set gets the same optimizer steps, schedule and evaluation points as the full-data
         # run (epochs x full-data epoch length); with a fixed epoch count 10 % of MRPC would get 84 steps.
         full_epoch = math.ceil(pool / BATCH_SIZE)
-        every = {f"{kind}_strategy": "steps" for kind in ("eval", "save", "logging")}
-        overrides = {"max_steps": epochs * full_epoch, **every,
-                     **{f"{kind}_steps": full_epoch for kind in ("eval", "save", "logging")}}
+        overrides = {"max_steps": epochs * full_epoch}
+        for kind in ("eval", "save", "logging"):
+            overrides.update({f"{kind}_strategy": "steps", f"{kind}_steps": full_epoch})
     with tempfile.TemporaryDirectory() as out:
         trainer = bu.make_trainer(model, tokenizer, train, dev, out, learning_rate=lr, epochs=epochs,
                                   batch_size=BATCH_SIZE, seed=spec["seed"], disable_tqdm=True, **overrides)
@@ -131,8 +131,8 @@ def run_one(spec: dict, quick: bool) -> dict:
         trainer.train()
         seconds = time.perf_counter() - start
         metrics = trainer.evaluate()
-    return {**spec, "lr": lr, "epochs": epochs, "steps": trainer.state.global_step, "train_pairs": n_train, "trainable": trainable,
-            "total": total, "trainable_pct": 100 * trainable / total,
+    return {**spec, "lr": lr, "epochs": epochs, "steps": trainer.state.global_step, "train_pairs": n_train,
+            "trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
             "checkpoint_bytes": checkpoint_bytes(model, spec["method"]),
             "train_s_per_epoch": seconds / epochs,
             "peak_rss_mib": bu.peak_rss() / 2**20,
