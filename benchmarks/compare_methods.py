@@ -160,19 +160,22 @@ def plan(part: str, quick: bool) -> list[dict]:
     return runs
 
 
-def _cell(value) -> str:
+def _cell(value, digits: int | None = None) -> str:
     if isinstance(value, float) and value != value:
         return "–"  # NaN: e.g. the std of a single seed
+    if digits is not None:
+        return f"{value:,.{digits}f}"  # a fixed number of decimals: 84.0, not 84
     if isinstance(value, (int, float)) and float(value).is_integer() and abs(value) >= 1:
         return f"{int(value):,}"
     return str(value)
 
 
-def markdown(table) -> str:
-    """A DataFrame as a GitHub markdown table (no extra dependency)."""
+def markdown(table, digits: dict[str, int] | None = None) -> str:
+    """A DataFrame as a GitHub markdown table (no extra dependency); ``digits`` fixes decimals per column."""
+    digits = digits or {}
     lines = ["| " + " | ".join([table.index.name or "", *map(str, table.columns)]) + " |",
              "|" + "---|" * (len(table.columns) + 1)]
-    lines += ["| " + " | ".join([str(i), *(_cell(v) for v in row)]) + " |"
+    lines += ["| " + " | ".join([str(i), *(_cell(v, digits.get(c)) for c, v in zip(table.columns, row))]) + " |"
               for i, row in zip(table.index, table.itertuples(index=False))]
     return "\n".join(lines) + "\n"
 
@@ -202,9 +205,9 @@ def report(folder: Path) -> None:
                      main.groupby("method", sort=False)["cuda_max_allocated_mib"].mean())
     table = table.reindex([m for m in METHODS if m in table.index])  # the order of METHODS
     table.to_csv(folder / "methods.csv")
-    (folder / "methods.md").write_text(markdown(table.round(
-        {"trainable_pct": 3, "checkpoint_mb": 3, "s_per_epoch": 1, "peak_rss_mib": 0, "cuda_max_mib": 0,
-         "acc_mean": 1, "acc_std": 1, "f1_mean": 1, "f1_std": 1})))
+    (folder / "methods.md").write_text(markdown(table, {
+        "trainable_pct": 3, "checkpoint_mb": 3, "s_per_epoch": 1, "peak_rss_mib": 0, "cuda_max_mib": 0,
+        "acc_mean": 1, "acc_std": 1, "f1_mean": 1, "f1_std": 1}))
     print(table.round(3).to_string())
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.bar(table.index, table.f1_mean, yerr=table.f1_std.fillna(0))
@@ -232,7 +235,8 @@ def report_curve(frame, folder: Path, plt) -> None:
     curve = runs.groupby(["method", "fraction"]).agg(f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"),
                                                      acc_mean=("dev_accuracy", "mean"), seeds=("seed", "count"))
     curve.to_csv(folder / "curve.csv")
-    (folder / "curve.md").write_text(markdown(curve.round(2).reset_index().set_index("method")))
+    (folder / "curve.md").write_text(markdown(curve.reset_index().set_index("method"),
+                                                       {"fraction": 2, "f1_mean": 1, "f1_std": 1, "acc_mean": 1}))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for method, part in curve.reset_index().groupby("method"):
         ax.errorbar(100 * part.fraction, part.f1_mean, yerr=part.f1_std.fillna(0), marker="o", capsize=3,
@@ -255,7 +259,7 @@ def report_groups(frame, folder: Path) -> None:
                                       acc_mean=("dev_accuracy", "mean"), seeds=("seed", "count"))
     table = table.sort_values("f1_mean", ascending=False)
     table.to_csv(folder / "groups.csv")
-    (folder / "groups.md").write_text(markdown(table.round(2)))
+    (folder / "groups.md").write_text(markdown(table, {"f1_mean": 1, "acc_mean": 1}))
 
 
 def main() -> None:

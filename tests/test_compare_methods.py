@@ -88,3 +88,12 @@ def test_report_adds_cuda_column_only_for_gpu_runs(tmp_path):
     table = pd.read_csv(tmp_path / "methods.csv", index_col="method")
     assert table.loc["full", "cuda_max_mib"] == 1234.0 and table.loc["bitfit", "f1_std"] == 0.0
     assert list(table.index) == ["bitfit", "full"]  # the order of METHODS
+
+
+def test_markdown_keeps_declared_decimals():
+    import pandas as pd
+
+    table = pd.DataFrame({"trainable": [26882], "f1_mean": [84.0], "f1_std": [float("nan")]},
+                         index=pd.Index(["full"], name="method"))
+    text = cm.markdown(table, {"f1_mean": 1, "f1_std": 1})
+    assert text.splitlines()[2] == "| full | 26,882 | 84.0 | – |"
