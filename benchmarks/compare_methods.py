@@ -249,7 +249,7 @@ def report_curve(frame, folder: Path, plt) -> None:
 
 
 def report_groups(frame, folder: Path) -> None:
-    """BitFit with one bias group at a time, ranked by dev F1."""
+    """BitFit with one bias group at a time, ranked by dev F1 (then accuracy)."""
     runs = frame[frame.part == "groups"].copy()
     if runs.empty:
         _remove_stale(folder, "groups")
@@ -257,7 +257,7 @@ def report_groups(frame, folder: Path) -> None:
     runs["group"] = runs["groups"].map(lambda g: g[0])
     table = runs.groupby("group").agg(trainable=("trainable", "first"), f1_mean=("dev_f1", "mean"),
                                       acc_mean=("dev_accuracy", "mean"), seeds=("seed", "count"))
-    table = table.sort_values("f1_mean", ascending=False)
+    table = table.sort_values(["f1_mean", "acc_mean"], ascending=False)  # accuracy breaks F1 ties
     table.to_csv(folder / "groups.csv")
     (folder / "groups.md").write_text(markdown(table, {"f1_mean": 1, "acc_mean": 1}))
 
