@@ -236,7 +236,7 @@ def report_curve(frame, folder: Path, plt) -> None:
                                                      acc_mean=("dev_accuracy", "mean"), seeds=("seed", "count"))
     curve.to_csv(folder / "curve.csv")
     (folder / "curve.md").write_text(markdown(curve.reset_index().set_index("method"),
-                                                       {"fraction": 2, "f1_mean": 1, "f1_std": 1, "acc_mean": 1}))
+                                              {"fraction": 2, "f1_mean": 1, "f1_std": 1, "acc_mean": 1}))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for method, part in curve.reset_index().groupby("method"):
         ax.errorbar(100 * part.fraction, part.f1_mean, yerr=part.f1_std.fillna(0), marker="o", capsize=3,
