@@ -1088,11 +1088,12 @@ def plot_bias_changes(changes, title: str = "Bias change per layer and group"):
 
 
 def load_study(folder: str | os.PathLike = "results") -> dict[str, Any]:
-    """Read the tables ``benchmarks/compare_methods.py`` wrote (methods, curve, groups).
+    """Read the tables ``benchmarks/compare_methods.py`` wrote (methods, curve, groups, device check).
 
     Returns:
-        ``{"methods": DataFrame, "curve": DataFrame | None, "groups": DataFrame | None}``;
-        ``curve`` and ``groups`` are ``None`` until those parts of the study have run.
+        ``{"methods": DataFrame, "curve": ..., "groups": ..., "device_check": ...}``; the last three
+        are ``None`` until those parts of the study have run (``device_check``: runs repeated on a
+        second device, see ``results/device_check/``).
 
     Raises:
         LabStepMissing: no ``methods.csv`` in ``folder``, with the command that makes it.
@@ -1104,7 +1105,7 @@ def load_study(folder: str | os.PathLike = "results") -> dict[str, Any]:
         raise LabStepMissing(f"No study results in '{folder}'. Run `python benchmarks/compare_methods.py` "
                              "(hours on a CPU; `--report` rebuilds the tables from finished runs).")
     tables: dict[str, Any] = {"methods": pd.read_csv(folder / "methods.csv", index_col="method")}
-    for name, index in (("curve", ["method", "fraction"]), ("groups", "group")):
+    for name, index in (("curve", ["method", "fraction"]), ("groups", "group"), ("device_check", "run")):
         path = folder / f"{name}.csv"
         tables[name] = pd.read_csv(path, index_col=index) if path.exists() else None
     return tables

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ METHODS = {
     "adaptive_init": (1e-3, 7, "BitFit's setting, after the handout's adaptive_bias_initialization"),
 }
 SEEDS = (0, 1, 2)
-GROUP_SEEDS = (0,)  # the per-group study: one seed per group (10 runs of ~9 min each on a 2-core CPU)
+GROUP_SEEDS = SEEDS  # seed 0 ran on the 2-core CPU (~9 min a run), seeds 1-2 on a GPU
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 BATCH_SIZE = 32
 RESULTS = ROOT / "results"
@@ -102,8 +103,8 @@ def checkpoint_bytes(model, method: str) -> int:
         return bu.save_bias_checkpoint(model, Path(folder) / "p.safetensors").stat().st_size
 
 
-def run_one(spec: dict, quick: bool) -> dict:
-    """Train one configuration and return its measurements."""
+def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
+    """Train one configuration and return its measurements (``jobs``: runs sharing the machine meanwhile)."""
     bu.set_seed(spec["seed"])
     data = bu.load_mrpc()
     model, tokenizer = bu.load_model(bu.OFFLINE_MODEL, verbose=False)
@@ -137,7 +138,15 @@ def run_one(spec: dict, quick: bool) -> dict:
             "train_s_per_epoch": seconds / epochs,
             "peak_rss_mib": bu.peak_rss() / 2**20,
             "cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "concurrent_runs": jobs,
+            "torch": torch.__version__, "transformers": _transformers_version(),
             "dev_accuracy": 100 * metrics["eval_accuracy"], "dev_f1": 100 * metrics["eval_f1"]}
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def plan(part: str, quick: bool) -> list[dict]:
@@ -192,21 +201,35 @@ def report(folder: Path) -> None:
         print("no finished runs yet")
         return
     frame = pd.DataFrame(rows)
+    # Run files from before these fields existed were all written by single runs on a CPU.
+    for column, default in (("device", "cpu"), ("concurrent_runs", 1)):
+        frame[column] = frame[column].fillna(default) if column in frame else default
     frame.to_csv(folder / "runs.csv", index=False)
     main = frame[frame.part == "main"]
     table = main.groupby("method", sort=False).agg(
         lr=("lr", "first"), epochs=("epochs", "first"), trainable=("trainable", "first"),
         trainable_pct=("trainable_pct", "first"),
-        checkpoint_mb=("checkpoint_bytes", lambda b: b.iloc[0] / 1e6), s_per_epoch=("train_s_per_epoch", "mean"),
-        peak_rss_mib=("peak_rss_mib", "mean"), acc_mean=("dev_accuracy", "mean"), acc_std=("dev_accuracy", "std"),
-        f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"), seeds=("seed", "count"))
-    if "cuda_max_allocated_mib" in main and main["cuda_max_allocated_mib"].notna().any():  # runs on a GPU
-        table.insert(table.columns.get_loc("peak_rss_mib") + 1, "cuda_max_mib",
-                     main.groupby("method", sort=False)["cuda_max_allocated_mib"].mean())
+        checkpoint_mb=("checkpoint_bytes", lambda b: b.iloc[0] / 1e6), acc_mean=("dev_accuracy", "mean"),
+        acc_std=("dev_accuracy", "std"), f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"),
+        seeds=("seed", "count"))
+    # Time and RSS are only comparable between runs that had the same machine to themselves: they come from
+    # CPU runs made one at a time (GPU ones in their own column). CUDA memory is per process, so every GPU run counts.
+    on_gpu = main.device != "cpu"
+    alone = main.concurrent_runs == 1
+    position = table.columns.get_loc("checkpoint_mb") + 1
+    for column, runs, field in (("cuda_max_mib", main[on_gpu], "cuda_max_allocated_mib"),
+                                ("gpu_s_per_epoch", main[on_gpu & alone], "train_s_per_epoch"),
+                                ("peak_rss_mib", main[~on_gpu & alone], "peak_rss_mib"),
+                                ("s_per_epoch", main[~on_gpu & alone], "train_s_per_epoch")):
+        if not runs.empty:
+            table.insert(position, column, runs.groupby("method", sort=False)[field].mean())
+    table["devices"] = main.groupby("method", sort=False)["device"].agg(
+        lambda d: ", ".join(f"{name} x{count}" for name, count in d.value_counts(sort=False).items()))
     table = table.reindex([m for m in METHODS if m in table.index])  # the order of METHODS
     table.to_csv(folder / "methods.csv")
     (folder / "methods.md").write_text(markdown(table, {
-        "trainable_pct": 3, "checkpoint_mb": 3, "s_per_epoch": 1, "peak_rss_mib": 0, "cuda_max_mib": 0,
+        "trainable_pct": 3, "checkpoint_mb": 3, "s_per_epoch": 1, "gpu_s_per_epoch": 1, "peak_rss_mib": 0,
+        "cuda_max_mib": 0,
         "acc_mean": 1, "acc_std": 1, "f1_mean": 1, "f1_std": 1}))
     print(table.round(3).to_string())
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -218,6 +241,7 @@ def report(folder: Path) -> None:
     plt.close(fig)
     report_curve(frame, folder, plt)
     report_groups(frame, folder)
+    report_device_check(frame, folder)
 
 
 def _remove_stale(folder: Path, part: str) -> None:
@@ -256,10 +280,31 @@ def report_groups(frame, folder: Path) -> None:
         return
     runs["group"] = runs["groups"].map(lambda g: g[0])
     table = runs.groupby("group").agg(trainable=("trainable", "first"), f1_mean=("dev_f1", "mean"),
-                                      acc_mean=("dev_accuracy", "mean"), seeds=("seed", "count"))
+                                      f1_std=("dev_f1", "std"), acc_mean=("dev_accuracy", "mean"),
+                                      acc_std=("dev_accuracy", "std"), seeds=("seed", "count"))
     table = table.sort_values(["f1_mean", "acc_mean"], ascending=False)  # accuracy breaks F1 ties
     table.to_csv(folder / "groups.csv")
-    (folder / "groups.md").write_text(markdown(table, {"f1_mean": 1, "acc_mean": 1}))
+    (folder / "groups.md").write_text(markdown(table, {"f1_mean": 1, "f1_std": 1, "acc_mean": 1, "acc_std": 1}))
+
+
+def report_device_check(frame, folder: Path) -> None:
+    """Runs repeated on another device (results/device_check/<run>.json) beside the same run in runs/."""
+    import pandas as pd
+
+    checks = [json.loads(p.read_text()) for p in sorted((folder / "device_check").glob("*.json"))]
+    if not checks:
+        return
+    runs = frame.set_index("name")
+    rows = []
+    for check in checks:
+        first = runs.loc[check["name"]]
+        rows.append({"run": check["name"], "device_a": first["device"], "acc_a": first["dev_accuracy"],
+                     "f1_a": first["dev_f1"], "device_b": check["device"], "acc_b": check["dev_accuracy"],
+                     "f1_b": check["dev_f1"], "acc_diff": check["dev_accuracy"] - first["dev_accuracy"],
+                     "f1_diff": check["dev_f1"] - first["dev_f1"]})
+    table = pd.DataFrame(rows).set_index("run")
+    table.to_csv(folder / "device_check.csv")
+    (folder / "device_check.md").write_text(markdown(table, {c: 2 for c in table.columns if c[:3] in ("acc", "f1_")}))
 
 
 def main() -> None:
@@ -268,11 +313,13 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "main", "curve", "groups"], default="all")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--report", action="store_true", help="only rebuild the tables and plots")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (for a GPU with room to spare; their times are then not reported)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:  # child process: one run, one file
         spec = json.loads(args.run)
-        result = run_one(spec, args.quick)
+        result = run_one(spec, args.quick, args.jobs)
         path = args.out / "runs" / f"{spec['name']}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
@@ -280,12 +327,15 @@ def main() -> None:
         return
     if not args.report:
         (args.out / "runs").mkdir(parents=True, exist_ok=True)
-        for spec in plan(args.part, args.quick):
-            if (args.out / "runs" / f"{spec['name']}.json").exists():
-                continue
+        todo = [s for s in plan(args.part, args.quick) if not (args.out / "runs" / f"{s['name']}.json").exists()]
+
+        def start(spec: dict) -> None:
             print(f"run {spec['name']}", flush=True)
-            cmd = [sys.executable, __file__, "--run", json.dumps(spec), "--out", str(args.out)]
+            cmd = [sys.executable, __file__, "--run", json.dumps(spec), "--out", str(args.out), "--jobs", str(args.jobs)]
             subprocess.run(cmd + (["--quick"] if args.quick else []), check=True)
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(start, todo))  # list(): re-raises the first failed run
     report(args.out)
 
 

@@ -83,4 +83,6 @@ def test_load_study_reads_tables_or_says_what_to_run(tmp_path):
     (tmp_path / "methods.csv").write_text("method,trainable,f1_mean\nbitfit,10,80.5\n")
     tables = bu.load_study(tmp_path)
     assert tables["methods"].loc["bitfit", "f1_mean"] == 80.5
-    assert tables["curve"] is None and tables["groups"] is None
+    assert tables["curve"] is None and tables["groups"] is None and tables["device_check"] is None
+    (tmp_path / "device_check.csv").write_text("run,device_a,f1_a,device_b,f1_b\nmain-full-s0,cpu,84.0,gpu,83.8\n")
+    assert bu.load_study(tmp_path)["device_check"].loc["main-full-s0", "device_b"] == "gpu"

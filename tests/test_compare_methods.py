@@ -68,32 +68,31 @@ def test_quick_study_runs_and_reports(tmp_path):
     assert again.returncode == 0 and "run " not in again.stdout
 
 
-def test_report_adds_cuda_column_only_for_gpu_runs(tmp_path):
+def test_report_keeps_devices_apart(tmp_path):
+    """Times and RSS come only from CPU runs made one at a time; GPU runs add CUDA memory and their device."""
     (tmp_path / "runs").mkdir()
     base = {"part": "main", "fraction": 1.0, "lr": 1e-3, "epochs": 7, "trainable": 10, "total": 100,
             "trainable_pct": 10.0, "checkpoint_bytes": 1000, "train_s_per_epoch": 2.0, "peak_rss_mib": 500.0,
             "dev_accuracy": 80.0, "dev_f1": 85.0}
-    for seed, cuda in ((0, None), (1, None)):
-        run = {**base, "method": "bitfit", "seed": seed, "name": f"main-bitfit-s{seed}", "cuda_max_allocated_mib": cuda}
+    for seed in (0, 1):  # written before the device fields existed: CPU, one run at a time
+        run = {**base, "method": "bitfit", "seed": seed, "name": f"main-bitfit-s{seed}", "cuda_max_allocated_mib": None}
         (tmp_path / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
     (tmp_path / "curve.csv").write_text("left over from runs that were deleted\n")
     cm.report(tmp_path)
     assert "cuda_max_mib" not in (tmp_path / "methods.csv").read_text()
     assert not (tmp_path / "curve.csv").exists()  # no curve runs: no curve table
-    run = {**base, "method": "full", "seed": 0, "name": "main-full-s0", "cuda_max_allocated_mib": 1234.0}
-    (tmp_path / "runs" / "main-full-s0.json").write_text(json.dumps(run))
+    gpu = {"device": "NVIDIA H100 80GB HBM3", "concurrent_runs": 8, "peak_rss_mib": 9000.0}
+    for method, seed, seconds in (("full", 0, 60.0), ("bitfit", 2, 50.0)):
+        run = {**base, **gpu, "method": method, "seed": seed, "name": f"main-{method}-s{seed}",
+               "train_s_per_epoch": seconds, "cuda_max_allocated_mib": 1234.0}
+        (tmp_path / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
     cm.report(tmp_path)
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "methods.csv", index_col="method")
-    assert table.loc["full", "cuda_max_mib"] == 1234.0 and table.loc["bitfit", "f1_std"] == 0.0
     assert list(table.index) == ["bitfit", "full"]  # the order of METHODS
-
-
-def test_markdown_keeps_declared_decimals():
-    import pandas as pd
-
-    table = pd.DataFrame({"trainable": [26882], "f1_mean": [84.0], "f1_std": [float("nan")]},
-                         index=pd.Index(["full"], name="method"))
-    text = cm.markdown(table, {"f1_mean": 1, "f1_std": 1})
-    assert text.splitlines()[2] == "| full | 26,882 | 84.0 | – |"
+    assert table.loc["full", "cuda_max_mib"] == 1234.0 and pd.isna(table.loc["full", "s_per_epoch"])
+    # the GPU run shared its machine: its 50 s and its RSS stay out; its F1 counts
+    assert table.loc["bitfit", "s_per_epoch"] == 2.0 and table.loc["bitfit", "peak_rss_mib"] == 500.0
+    assert "gpu_s_per_epoch" not in table.columns
+    assert table.loc["bitfit", "seeds"] == 3 and table.loc["bitfit", "devices"] == "cpu x2, NVIDIA H100 80GB HBM3 x1"
