@@ -96,3 +96,12 @@ def test_report_keeps_devices_apart(tmp_path):
     assert table.loc["bitfit", "s_per_epoch"] == 2.0 and table.loc["bitfit", "peak_rss_mib"] == 500.0
     assert "gpu_s_per_epoch" not in table.columns
     assert table.loc["bitfit", "seeds"] == 3 and table.loc["bitfit", "devices"] == "cpu x2, NVIDIA H100 80GB HBM3 x1"
+
+
+def test_markdown_keeps_declared_decimals():
+    import pandas as pd
+
+    table = pd.DataFrame({"trainable": [26882], "f1_mean": [84.0], "f1_std": [float("nan")]},
+                         index=pd.Index(["full"], name="method"))
+    text = cm.markdown(table, {"f1_mean": 1, "f1_std": 1})
+    assert text.splitlines()[2] == "| full | 26,882 | 84.0 | – |"
