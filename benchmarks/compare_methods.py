@@ -223,8 +223,7 @@ def report(folder: Path) -> None:
                                 ("s_per_epoch", main[~on_gpu & alone], "train_s_per_epoch")):
         if not runs.empty:
             table.insert(position, column, runs.groupby("method", sort=False)[field].mean())
-    table["devices"] = main.groupby("method", sort=False)["device"].agg(
-        lambda d: ", ".join(f"{name} x{count}" for name, count in d.value_counts(sort=False).items()))
+    table["devices"] = main.groupby("method", sort=False)["device"].agg(_devices)
     table = table.reindex([m for m in METHODS if m in table.index])  # the order of METHODS
     table.to_csv(folder / "methods.csv")
     (folder / "methods.md").write_text(markdown(table, {
@@ -244,6 +243,11 @@ def report(folder: Path) -> None:
     report_device_check(frame, folder)
 
 
+def _devices(devices) -> str:
+    """Where a table row's runs ran, e.g. 'cpu x1, NVIDIA H100 80GB HBM3 x2'."""
+    return ", ".join(f"{name} x{count}" for name, count in devices.value_counts(sort=False).items())
+
+
 def _remove_stale(folder: Path, part: str) -> None:
     """No runs of ``part`` (any more): drop its old tables and plot so nothing reports runs that are gone."""
     for suffix in (".csv", ".md", ".png"):
@@ -258,7 +262,8 @@ def report_curve(frame, folder: Path, plt) -> None:
     runs = frame[(frame.part == "curve") | ((frame.part == "main") & frame.method.isin(["bitfit", "full"]))]
     curve = runs.groupby(["method", "fraction"]).agg(f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"),
                                                      acc_mean=("dev_accuracy", "mean"),
-                                                     acc_std=("dev_accuracy", "std"), seeds=("seed", "count"))
+                                                     acc_std=("dev_accuracy", "std"), seeds=("seed", "count"),
+                                                     devices=("device", _devices))
     curve.to_csv(folder / "curve.csv")
     (folder / "curve.md").write_text(markdown(curve.reset_index().set_index("method"),
                                               {"fraction": 2, "f1_mean": 1, "f1_std": 1, "acc_mean": 1, "acc_std": 1}))
@@ -285,7 +290,8 @@ def report_groups(frame, folder: Path) -> None:
     runs["group"] = runs["groups"].map(lambda g: g[0])
     table = runs.groupby("group").agg(trainable=("trainable", "first"), f1_mean=("dev_f1", "mean"),
                                       f1_std=("dev_f1", "std"), acc_mean=("dev_accuracy", "mean"),
-                                      acc_std=("dev_accuracy", "std"), seeds=("seed", "count"))
+                                      acc_std=("dev_accuracy", "std"), seeds=("seed", "count"),
+                                      devices=("device", _devices))
     table = table.sort_values(["f1_mean", "acc_mean"], ascending=False)  # accuracy breaks F1 ties
     table.to_csv(folder / "groups.csv")
     (folder / "groups.md").write_text(markdown(table, {"f1_mean": 1, "f1_std": 1, "acc_mean": 1, "acc_std": 1}))

@@ -105,3 +105,10 @@ def test_markdown_keeps_declared_decimals():
                          index=pd.Index(["full"], name="method"))
     text = cm.markdown(table, {"f1_mean": 1, "f1_std": 1})
     assert text.splitlines()[2] == "| full | 26,882 | 84.0 | – |"
+
+
+def test_readme_agrees_with_committed_results():
+    import update_readme
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert update_readme.render(readme, ROOT / "results") == readme, "run python benchmarks/update_readme.py"
