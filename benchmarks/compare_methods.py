@@ -139,14 +139,8 @@ def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
             "peak_rss_mib": bu.peak_rss() / 2**20,
             "cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "concurrent_runs": jobs,
-            "torch": torch.__version__, "transformers": _transformers_version(),
+            **bu._library_versions(),  # torch, transformers, safetensors: as in a bias pack's metadata
             "dev_accuracy": 100 * metrics["eval_accuracy"], "dev_f1": 100 * metrics["eval_f1"]}
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
 
 
 def plan(part: str, quick: bool) -> list[dict]:
@@ -204,6 +198,7 @@ def report(folder: Path) -> None:
     # Run files from before these fields existed were all written by single runs on a CPU.
     for column, default in (("device", "cpu"), ("concurrent_runs", 1)):
         frame[column] = frame[column].fillna(default) if column in frame else default
+    frame["concurrent_runs"] = frame["concurrent_runs"].astype(int)  # NaN made it float
     frame.to_csv(folder / "runs.csv", index=False)
     main = frame[frame.part == "main"]
     table = main.groupby("method", sort=False).agg(

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ def md(results: Path, name: str) -> str:
 
 def status_line(results: Path) -> str:
     """How much of the study is done, where each part ran and how long it took."""
-    runs = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
+    runs = pd.read_csv(results / "runs.csv").to_dict("records")  # compare_methods --report filled in the defaults
     done = {r["name"] for r in runs}
     planned = cm.plan("all", False)
     progress = []
@@ -41,8 +40,8 @@ def status_line(results: Path) -> str:
         names = [r["name"] for r in planned if r["part"] == part]
         progress.append(f"{label} {sum(n in done for n in names)}/{len(names)}")
     complete = all(r["name"] in done for r in planned)
-    cpu = [r for r in runs if r.get("device", "cpu") == "cpu"]
-    gpu = [r for r in runs if r.get("device", "cpu") != "cpu"]
+    cpu = [r for r in runs if r["device"] == "cpu"]
+    gpu = [r for r in runs if r["device"] != "cpu"]
     hours = sum(r["train_s_per_epoch"] * r["epochs"] for r in cpu) / 3600
     line = ("**全部 run 已完成**" if complete else "**研究進行中**") + f"（{'、'.join(progress)} 個 run）。"
     line += f"{len(cpu)} 個 run 在{CPU_MACHINE}上一次跑一個，訓練時間合計 {hours:.1f} 小時"

@@ -91,7 +91,8 @@ def test_report_keeps_devices_apart(tmp_path):
 
     table = pd.read_csv(tmp_path / "methods.csv", index_col="method")
     assert list(table.index) == ["bitfit", "full"]  # the order of METHODS
-    assert table.loc["full", "cuda_max_mib"] == 1234.0 and pd.isna(table.loc["full", "s_per_epoch"])
+    assert table.loc["full", "cuda_max_mib"] == 1234.0 and table.loc["bitfit", "f1_std"] == 0.0
+    assert pd.isna(table.loc["full", "s_per_epoch"])
     # the GPU run shared its machine: its 50 s and its RSS stay out; its F1 counts
     assert table.loc["bitfit", "s_per_epoch"] == 2.0 and table.loc["bitfit", "peak_rss_mib"] == 500.0
     assert "gpu_s_per_epoch" not in table.columns

@@ -14,7 +14,6 @@ package whose ``get_model_path()`` points at the rebuilt folder.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import lzma
 import shutil
@@ -35,12 +34,11 @@ WHEELS = ["datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "peft==0.21
 
 
 def mrpc_token_ids(tokenizer, folder: Path) -> set[int]:
+    """Every token id that MRPC (train, dev and test) can produce, special tokens included."""
     ids = set(tokenizer.all_special_ids)
-    for tsv in sorted(folder.glob("*.tsv")):
-        with tsv.open(encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        for row in rows[1:]:
-            for sentence in row[-2:]:
+    for split in bu.load_mrpc(folder).values():
+        for column in ("sentence1", "sentence2"):
+            for sentence in split[column]:
                 ids.update(tokenizer(sentence)["input_ids"])
     return ids
 
