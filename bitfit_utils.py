@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
 
 class LabStepMissing(FileNotFoundError):
@@ -1011,7 +1012,58 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
     args = TrainingArguments(**{**settings, **overrides})
     return Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                    processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                   compute_metrics=compute_metrics)
+                   compute_metrics=compute_metrics,
+                   callbacks=[TimeEstimate(len(eval_dataset) if eval_dataset is not None else 0)])
+
+
+#: Trainings estimated longer than this (seconds) come with a hint at the faster paths.
+LONG_TRAINING_S = 600.0
+
+
+def estimate_seconds(s_per_step: float, steps: int, evals: int, eval_pairs: int, batch_size: int) -> float:
+    """Extrapolate a training's wall time from the measured time of one step.
+
+    An evaluation is a forward pass only, about a third of a training step's cost per pair.
+
+    Args:
+        s_per_step: measured seconds per training step.
+        steps: training steps in all.
+        evals: how many times the eval set is scored.
+        eval_pairs: size of the eval set.
+        batch_size: training pairs per step.
+    """
+    return s_per_step * (steps + evals * eval_pairs / batch_size / 3)
+
+
+def faster_paths_hint(seconds: float, device: str) -> str:
+    """What to say about an estimated training time: nothing when short, the faster paths when long."""
+    if seconds <= LONG_TRAINING_S:
+        return ""
+    paths = ["the instructor demo (BITFIT_DEMO=1, about 6 minutes on a 2-core CPU)",
+             f"the offline model (BITFIT_MODEL={OFFLINE_MODEL}, 6 layers instead of 12)"]
+    if device == "cpu":
+        paths.append("a GPU (e.g. Colab: Runtime > Change runtime type > GPU)")
+    return "That is long for one sitting. Faster: " + "; ".join(paths) + "."
+
+
+class TimeEstimate(TrainerCallback):
+    """Time the first few training steps, then print how long the whole training will take here."""
+
+    def __init__(self, eval_pairs: int, probe_steps: int = 4):
+        self.eval_pairs, self.probe_steps = eval_pairs, probe_steps
+        self._start: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:  # step 1 pays one-off costs (allocation, first batch): not timed
+            self._start = time.perf_counter()
+        elif self._start is not None and state.global_step == 1 + self.probe_steps < state.max_steps:
+            s_per_step = (time.perf_counter() - self._start) / self.probe_steps
+            evals = max(1, round(args.num_train_epochs)) if args.eval_strategy == "epoch" else 0
+            seconds = estimate_seconds(s_per_step, state.max_steps, evals, self.eval_pairs,
+                                       args.per_device_train_batch_size)
+            device = get_device().type
+            print(f"Time estimate: {s_per_step:.2f} s per step x {state.max_steps} steps (+ evaluation) "
+                  f"= about {seconds / 60:.1f} min on this {device}. {faster_paths_hint(seconds, device)}".rstrip())
 
 
 def history_frame(trainer):
