@@ -2,7 +2,8 @@
 # One entry point for the whole lab.
 #   bash run.sh lab    set up .venv and execute the three notebooks in place (full run)
 #   bash run.sh test   set up .venv and run every test (unit tests, notebooks via nbval in
-#                      quick mode, benchmark and study smoke tests)
+#                      quick mode, benchmark and study smoke tests, and the notebooks' own setup
+#                      cell starting from a new venv that has only jupyter + ipykernel)
 set -euo pipefail
 cd "$(dirname "$0")"
 

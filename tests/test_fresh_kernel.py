@@ -1,0 +1,93 @@
+"""Slow (a few minutes): 01's first cell sets up a kernel that has nothing but jupyter + ipykernel.
+
+A new virtual environment gets only jupyter and ipykernel. 01-Setup.ipynb is executed with that
+environment's kernel (its first cell installs torch 2.13.0 and the requirements into it); then
+02-Train.ipynb runs to the end in the same kind of kernel, in quick mode and offline. Both run on
+a copy of the project in a temporary folder, never on the committed notebooks.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+import lab_setup as ls
+from test_lab_setup import copy_project
+
+KERNEL = "bitfit-fresh-venv"
+
+
+def _run(command, **kwargs):
+    proc = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    assert proc.returncode == 0, f"{' '.join(map(str, command))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _packages(python):
+    listed = _run([python, "-m", "pip", "list", "--format", "json"]).stdout
+    return {ls.normalize(p["name"]): p["version"] for p in json.loads(listed)}
+
+
+def _outputs(cell):
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def test_01_sets_up_a_bare_kernel_and_02_runs(tmp_path, mrpc_dir):
+    try:
+        _check(tmp_path, mrpc_dir)
+    finally:  # the venv holds torch (about 1 GB); pytest keeps the last runs' temporary folders
+        shutil.rmtree(tmp_path / "venv", ignore_errors=True)
+
+
+def _check(tmp_path, mrpc_dir):
+    times = {}
+    start = time.perf_counter()
+    project = copy_project(tmp_path / "bitfit-lab")
+    venv = tmp_path / "venv"
+    python = str(venv / "bin" / "python")
+    _run([sys.executable, "-m", "venv", str(venv)])
+    _run([python, "-m", "pip", "install", "-q", "jupyter", "ipykernel"])
+    _run([python, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL])
+    bare = _packages(python)
+    assert "torch" not in bare and "transformers" not in bare and "numpy" not in bare
+    times["venv with jupyter + ipykernel"] = time.perf_counter() - start
+
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
+               BITFIT_QUICK="1", BITFIT_DATA_DIR=str(mrpc_dir))
+
+    def execute(name, out):
+        _run([str(venv / "bin" / "jupyter"), "nbconvert", "--to", "notebook", "--execute", name,
+              "--output", out, f"--ExecutePreprocessor.kernel_name={KERNEL}",
+              "--ExecutePreprocessor.timeout=1800"], cwd=project, env=env, timeout=3600)
+        return nbformat.read(project / out, as_version=4)
+
+    step = time.perf_counter()
+    setup_nb = execute("01-Setup.ipynb", "01-executed.ipynb")
+    times["01 (installs)"] = time.perf_counter() - step
+    said = _outputs(setup_nb.cells[1])
+    assert "this kernel has no torch: installing the pinned torch==2.13.0" in said
+    assert "missing: transformers" in said and "installed with pip (2 commands, above)." in said
+
+    installed = _packages(python)
+    assert installed["torch"] == "2.13.0+cpu"
+    assert not [name for name in installed if name.startswith("nvidia")]
+    facts = ls.gather_facts(project)
+    assert not ls.unmet(facts.requirements, installed)
+
+    train = nbformat.read(project / "02-Train.ipynb", as_version=4)
+    train.cells.append(nbformat.v4.new_code_cell("import sys, torch\nprint('KERNEL', sys.prefix, torch.__version__)"))
+    nbformat.write(train, project / "02-check.ipynb")
+    step = time.perf_counter()
+    done = execute("02-check.ipynb", "02-executed.ipynb")
+    times["02 (quick mode)"] = time.perf_counter() - step
+    assert _outputs(done.cells[1]).strip().endswith("nothing to install.")
+    assert _outputs(done.cells[-1]).strip() == f"KERNEL {venv} 2.13.0+cpu"
+    assert (project / "packs" / "mrpc_bitfit.safetensors").is_file()
+    times["total"] = time.perf_counter() - start
+    print("fresh kernel timings (s):", {k: round(v) for k, v in times.items()})
