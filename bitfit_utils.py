@@ -17,8 +17,10 @@ Every function is small and self-contained so students can read it in one go.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -459,13 +461,18 @@ def _frozen_fingerprint(model: nn.Module, exclude: Iterable[str]) -> str:
     cache = model.__dict__.setdefault("_bitfit_fingerprints", {})
     if key[0] in cache and cache[key[0]][0] == key[1]:
         return cache[key[0]][1]
+    cache[key[0]] = (key[1], _tensor_digest(params))
+    return cache[key[0]][1]
+
+
+def _tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of ``(name, tensor)`` pairs, in order."""
     digest = hashlib.sha256()
-    for name, param in params:
-        tensor = param.detach().cpu().contiguous()
+    for name, tensor in named:
+        tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    cache[key[0]] = (key[1], digest.hexdigest())
-    return cache[key[0]][1]
+    return digest.hexdigest()
 
 
 def _pack_names(model: nn.Module) -> list[str]:
@@ -492,8 +499,9 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: 
     The pack holds the trained tensors (listed in its metadata as ``trained``)
     and, so that loading a pack restores every bias, the few biases left frozen.
 
-    The file is written to a temporary file in the same folder and renamed into
-    place, so a crash never leaves a half-written pack under ``path``.
+    The metadata carries a SHA-256 digest of the tensors, checked on every read. The
+    file is written to a temporary file in the same folder and renamed into place, so
+    a crash never leaves a half-written pack under ``path``.
 
     Args:
         model: a model after ``apply_bitfit`` (and training).
@@ -502,7 +510,19 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: 
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: the model is not set up for BitFit, or a metadata value is not JSON
+            (nothing is written then).
     """
+    for key, value in metadata.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"Metadata '{key}' ({type(value).__name__}) cannot be stored in a pack ({err}). Pass JSON "
+                f"values (str, int, float, bool, None, lists and dicts of them), e.g. {key}=str(...)."
+            ) from None
     names = _pack_names(model)
     params = dict(model.named_parameters())
     trained = [n for n in names if params[n].requires_grad]
@@ -516,11 +536,12 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: 
         "base_model": str(getattr(config, "_name_or_path", "") or ""),
         "architecture": type(model).__name__,
         "fingerprint": _frozen_fingerprint(model, names),
+        "digest": _tensor_digest(sorted(tensors.items())),
         "bias_groups": json.dumps(getattr(model, "bitfit_bias_terms", [])),
         "trained": json.dumps(trained),
         "id2label": json.dumps({str(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}),
         "versions": json.dumps(_library_versions()),
-        "user": json.dumps(metadata, default=str),
+        "user": json.dumps(metadata),
     }
     from safetensors.torch import save
 
@@ -545,7 +566,8 @@ def read_bias_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is truncated, corrupt or not a BitFit pack.
+        ValueError: the file is truncated, corrupt (its tensors do not match the digest
+            written at save; packs older than the digest are not checked) or not a BitFit pack.
     """
     from safetensors.torch import load
 
@@ -565,7 +587,13 @@ def read_bias_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         ) from None
     if raw.get("format") != PACK_FORMAT:
         raise ValueError(f"'{path}' is a safetensors file but not a BitFit pack (format={raw.get('format')!r}).")
-    meta = {k: raw.get(k, "") for k in ("format", "base_model", "architecture", "fingerprint")}
+    if raw.get("digest") and _tensor_digest(sorted(tensors.items())) != raw["digest"]:
+        raise ValueError(
+            f"'{path}' is damaged: its tensors do not match the SHA-256 digest written when it was saved "
+            "(a changed byte: a bad copy or disk). Copy the pack again from where it came from, or save it "
+            "again with save_bias_checkpoint."
+        )
+    meta = {k: raw.get(k, "") for k in ("format", "base_model", "architecture", "fingerprint", "digest")}
     for k in ("bias_groups", "trained", "id2label", "versions", "user"):
         meta[k] = json.loads(raw.get(k) or "null")
     return tensors, meta
@@ -693,7 +721,16 @@ def _read_glue_tsv(path: Path, labelled: bool) -> dict[str, list]:
     first = "Quality" if labelled else "index"
     expected = [first, "#1 ID", "#2 ID", "#1 String", "#2 String"]
     cols: dict[str, list] = {"sentence1": [], "sentence2": [], "label": [], "idx": []}
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}, line {line}: byte {data[err.start]:#04x} is not UTF-8 text. Save the file as UTF-8 "
+            "(GLUE's MRPC files are), e.g. `iconv -f latin1 -t utf-8`, or download MRPC again."
+        ) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header != expected:
@@ -938,8 +975,11 @@ def predict(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int 
         max_length: longer pairs are truncated, with a warning.
 
     Returns:
-        ``(labels, probabilities)``: label names and an ``[n, num_labels]`` array.
+        ``(labels, probabilities)``: label names and an ``[n, num_labels]`` array
+        (``[]`` and a ``(0, num_labels)`` array for no pairs).
     """
+    if len(pairs) == 0:
+        return [], np.zeros((0, model.config.num_labels), dtype=np.float32)
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ValueError(f"Pair {i} must be (sentence1, sentence2), got {pair!r}.")
@@ -958,7 +998,7 @@ def predict(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int 
             enc = tokenizer([p[0] for p in chunk], [p[1] for p in chunk], truncation=True,
                             max_length=max_length, padding=True, return_tensors="pt").to(device)
             probs.append(model(**enc).logits.float().softmax(-1).cpu().numpy())
-    probs_arr = np.concatenate(probs) if probs else np.zeros((0, model.config.num_labels))
+    probs_arr = np.concatenate(probs)
     return [model.config.id2label[int(i)] for i in probs_arr.argmax(-1)], probs_arr
 
 
