@@ -49,7 +49,9 @@ class LabStepMissing(FileNotFoundError):
 # 1. Selection
 # ---------------------------------------------------------------------------
 
-#: The bias groups, named by the role of the module that owns the bias.
+#: The bias groups, named by the role of the module that owns the bias. The first
+#: ten are BERT's; the rest appear in other architectures. A bias that fits no
+#: known role gets one of the last four groups, named by the kind of module.
 BIAS_GROUPS: tuple[str, ...] = (
     "query",
     "key",
@@ -61,39 +63,78 @@ BIAS_GROUPS: tuple[str, ...] = (
     "output_layernorm",
     "embeddings_layernorm",
     "pooler",
-    "embeddings_projection",  # ELECTRA only, when embedding_size != hidden_size
+    "embeddings_projection",  # ELECTRA, ALBERT (embedding -> hidden size), ViT (patches -> hidden size)
+    "query_key_value",  # one fused projection: GPT-2's c_attn, ModernBERT's Wqkv
+    "gate",  # the gate of a gated FFN (Llama, Qwen2, T5 v1.1)
+    "cross_attention",  # an encoder-decoder's decoder attending to the encoder (T5)
+    "relative_position",  # DeBERTa's relative-position projections and LayerNorm
+    "final_layernorm",  # the norm after the last layer (pre-LN models: GPT-2, Llama, ViT, ...)
+    "other_linear",  # any other Linear / Conv1D
+    "other_conv",  # any other convolution
+    "other_norm",  # any other normalisation layer
+    "other",  # a bias of any other module
 )
 
-# Module paths (relative to the base model) -> role. Each pattern must match the
-# *whole* module path: "output" never catches "attention.output" (the substring
-# match of the original BitFit code does).
-_L = r"(?:encoder\.layer|transformer\.layer)\.\d+\."
-_ROLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (role, re.compile(pattern))
-    for role, pattern in (
-        # BERT, RoBERTa, ELECTRA (MiniLM is a BERT)
-        ("query", _L + r"attention\.self\.query"),
-        ("key", _L + r"attention\.self\.key"),
-        ("value", _L + r"attention\.self\.value"),
-        ("attention_output", _L + r"attention\.output\.dense"),
-        ("attention_layernorm", _L + r"attention\.output\.LayerNorm"),
-        ("intermediate", _L + r"intermediate\.dense"),
-        ("output", _L + r"output\.dense"),
-        ("output_layernorm", _L + r"output\.LayerNorm"),
-        ("embeddings_layernorm", r"embeddings\.LayerNorm"),
-        ("pooler", r"pooler\.dense"),
-        ("embeddings_projection", r"embeddings_project"),
-        # DistilBERT
-        ("query", _L + r"attention\.q_lin"),
-        ("key", _L + r"attention\.k_lin"),
-        ("value", _L + r"attention\.v_lin"),
-        ("attention_output", _L + r"attention\.out_lin"),
-        ("attention_layernorm", _L + r"sa_layer_norm"),
-        ("intermediate", _L + r"ffn\.lin1"),
-        ("output", _L + r"ffn\.lin2"),
-        ("output_layernorm", _L + r"output_layer_norm"),
-    )
-)
+# Module path -> role, per family. A path inside a layer is looked up by what follows its
+# layer number ("encoder.layer.3.attention.self.query" -> "attention.self.query"), a path
+# outside the layers as a whole. The lookup is exact: "output.dense" never catches
+# "attention.output.dense" (the substring match of the original BitFit code does).
+# Pre-LN models (GPT-2, Llama, ModernBERT, ViT) normalise *before* each block: their
+# "attention_layernorm" / "output_layernorm" are the norms in front of the attention / FFN.
+_FAMILY_ROLES: dict[str, dict[str, str]] = {
+    "BERT, RoBERTa, ELECTRA, MiniLM, DeBERTa-v2/v3": {
+        "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
+        "attention.output.dense": "attention_output", "attention.output.LayerNorm": "attention_layernorm",
+        "intermediate.dense": "intermediate", "output.dense": "output", "output.LayerNorm": "output_layernorm",
+        "embeddings.LayerNorm": "embeddings_layernorm", "pooler.dense": "pooler",
+        "embeddings_project": "embeddings_projection",
+        "attention.self.query_proj": "query", "attention.self.key_proj": "key",
+        "attention.self.value_proj": "value", "attention.self.pos_key_proj": "relative_position",
+        "attention.self.pos_query_proj": "relative_position", "encoder.LayerNorm": "relative_position",
+    },
+    "DistilBERT": {
+        "attention.q_lin": "query", "attention.k_lin": "key", "attention.v_lin": "value",
+        "attention.out_lin": "attention_output", "sa_layer_norm": "attention_layernorm",
+        "ffn.lin1": "intermediate", "ffn.lin2": "output", "output_layer_norm": "output_layernorm",
+    },
+    "ALBERT (one layer shared by all)": {
+        "attention.query": "query", "attention.key": "key", "attention.value": "value",
+        "attention.dense": "attention_output", "attention.LayerNorm": "attention_layernorm",
+        "ffn": "intermediate", "ffn_output": "output", "full_layer_layer_norm": "output_layernorm",
+        "encoder.embedding_hidden_mapping_in": "embeddings_projection", "pooler": "pooler",
+    },
+    "GPT-2 (Conv1D layers)": {
+        "ln_1": "attention_layernorm", "attn.c_attn": "query_key_value", "attn.c_proj": "attention_output",
+        "ln_2": "output_layernorm", "mlp.c_fc": "intermediate", "mlp.c_proj": "output", "ln_f": "final_layernorm",
+    },
+    "Llama, Qwen2 (gate_proj/up_proj: the two halves of a gated FFN)": {
+        "self_attn.q_proj": "query", "self_attn.k_proj": "key", "self_attn.v_proj": "value",
+        "self_attn.o_proj": "attention_output", "input_layernorm": "attention_layernorm",
+        "mlp.gate_proj": "gate", "mlp.up_proj": "intermediate", "mlp.down_proj": "output",
+        "post_attention_layernorm": "output_layernorm", "norm": "final_layernorm",
+    },
+    "ModernBERT (Wi: FFN input and gate in one matrix)": {
+        "attn_norm": "attention_layernorm", "attn.Wqkv": "query_key_value", "attn.Wo": "attention_output",
+        "mlp_norm": "output_layernorm", "mlp.Wi": "intermediate", "mlp.Wo": "output",
+        "embeddings.norm": "embeddings_layernorm", "final_norm": "final_layernorm",
+    },
+    "T5 (encoder and decoder)": {
+        "SelfAttention.q": "query", "SelfAttention.k": "key", "SelfAttention.v": "value",
+        "SelfAttention.o": "attention_output", "EncDecAttention.q": "cross_attention",
+        "EncDecAttention.k": "cross_attention", "EncDecAttention.v": "cross_attention",
+        "EncDecAttention.o": "cross_attention", "DenseReluDense.wi": "intermediate",
+        "DenseReluDense.wi_0": "gate", "DenseReluDense.wi_1": "intermediate", "DenseReluDense.wo": "output",
+        "encoder.final_layer_norm": "final_layernorm", "decoder.final_layer_norm": "final_layernorm",
+    },
+    "ViT": {
+        "attention.q_proj": "query", "attention.k_proj": "key", "attention.v_proj": "value",
+        "attention.o_proj": "attention_output", "layernorm_before": "attention_layernorm",
+        "mlp.fc1": "intermediate", "mlp.fc2": "output", "layernorm_after": "output_layernorm",
+        "embeddings.patch_embeddings.projection": "embeddings_projection", "layernorm": "final_layernorm",
+    },
+}
+_ROLES: dict[str, str] = {path: role for table in _FAMILY_ROLES.values() for path, role in table.items()}
+assert len(_ROLES) == sum(map(len, _FAMILY_ROLES.values())), "a module path is listed twice in _FAMILY_ROLES"
 
 
 def _base_prefix(model: nn.Module) -> str:
@@ -103,35 +144,51 @@ def _base_prefix(model: nn.Module) -> str:
 
 
 def module_role(path: str) -> str | None:
-    """Return the bias group of a module path relative to the encoder, or None.
+    """Return the role of a module path relative to the encoder, or None when it has no known role.
 
     Args:
-        path: e.g. ``"encoder.layer.3.attention.self.query"``.
+        path: e.g. ``"encoder.layer.3.attention.self.query"`` (BERT) or ``"h.3.mlp.c_fc"`` (GPT-2).
 
     Returns:
-        One of ``BIAS_GROUPS`` or None when the module has no BitFit role.
+        One of the role groups of ``BIAS_GROUPS`` (not the generic ``other_*`` ones), or None.
     """
-    for role, pattern in _ROLE_PATTERNS:
-        if pattern.fullmatch(path):
-            return role
-    return None
+    return _ROLES.get(re.split(r"(?:^|\.)\d+\.", path)[-1])
+
+
+def _generic_group(module: nn.Module) -> str:
+    """The group of a bias that fits no known role, named by the kind of module that owns it."""
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, (nn.Linear, Conv1D)):
+        return "other_linear"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "other_conv"
+    return "other_norm" if "norm" in type(module).__name__.lower() else "other"
+
+
+def _layer_label(name: str) -> str | None:
+    """The layer a parameter belongs to: ``"3"``, ``"decoder.3"`` in a decoder, None outside the layers."""
+    match = re.search(r"\.(\d+)\.", name)
+    if match is None:
+        return None
+    return ("decoder." if "decoder" in name[: match.start()].split(".") else "") + match.group(1)
 
 
 def parameter_groups(model: nn.Module) -> dict[str, str]:
     """Map every parameter name of ``model`` to its group.
 
-    Groups are the ``BIAS_GROUPS`` for encoder biases, ``"head"`` for everything
-    outside the encoder (classifier, pre_classifier, score, ...) and ``"frozen"``
-    for the remaining encoder parameters (weight matrices, embeddings, LayerNorm gains).
+    Groups are the ``BIAS_GROUPS`` for the encoder's biases (every parameter named
+    ``bias``: a known role, else a generic ``other_*`` group), ``"head"`` for everything
+    outside the encoder (classifier, pre_classifier, score, ...) and ``"frozen"`` for the
+    remaining encoder parameters (weight matrices, embeddings, LayerNorm gains).
     A peft-wrapped model (``apply_lora``) also has a ``"lora"`` group.
-
-    Raises:
-        ValueError: when an encoder bias fits no known role (it is never skipped silently).
     """
     peft_wrapped = hasattr(model, "get_base_model") and hasattr(model, "peft_config")
     prefix = _base_prefix(model.get_base_model() if peft_wrapped else model)
+    modules = dict(model.named_modules())
     groups: dict[str, str] = {}
     for full_name, _ in model.named_parameters():
+        owner, _, leaf = full_name.rpartition(".")
         name = full_name
         if peft_wrapped:  # peft: base_model.model.<name>, LoRA matrices, wrapped layers' base_layer
             if ".lora_" in name:
@@ -140,34 +197,30 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
             name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
         if prefix and not name.startswith(prefix + "."):
             groups[full_name] = "head"
-            continue
-        inner = name[len(prefix) + 1 :] if prefix else name
-        module_path, _, leaf = inner.rpartition(".")
-        if leaf != "bias":
+        elif leaf != "bias":
             groups[full_name] = "frozen"
-            continue
-        role = module_role(module_path)
-        if role is None:
-            raise ValueError(
-                f"Bias parameter '{name}' fits no BitFit role. Supported encoders are "
-                "BERT, RoBERTa, ELECTRA, MiniLM and DistilBERT; for another architecture "
-                "add its module path to _ROLE_PATTERNS in bitfit_utils.py."
-            )
-        groups[full_name] = role
+        else:
+            path = name[len(prefix) + 1 :] if prefix else name
+            groups[full_name] = module_role(path.rpartition(".")[0]) or _generic_group(modules[owner])
     return groups
 
 
-def _role_modules(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
-    """Group the encoder's Linear/LayerNorm modules by role (whether they have a bias or not)."""
+def _bias_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(path, module, group)`` for every encoder module that has a bias or can take one.
+
+    A module can take a bias when it is a Linear or an affine LayerNorm without one;
+    RMSNorm-style norms (Llama, T5) cannot: their formula has no bias term to fill.
+    """
     prefix = _base_prefix(model)
     base = getattr(model, prefix) if prefix else model
-    found: dict[str, list[tuple[str, nn.Module]]] = {}
+    slots = []
     for path, module in base.named_modules():
-        role = module_role(path)
-        if role is not None and isinstance(module, (nn.Linear, nn.LayerNorm)):
-            full = f"{prefix}.{path}" if prefix else path
-            found.setdefault(role, []).append((full, module))
-    return found
+        has_bias = dict(module.named_parameters(recurse=False)).get("bias") is not None
+        can_take = isinstance(module, nn.Linear) or (isinstance(module, nn.LayerNorm) and module.weight is not None)
+        if has_bias or can_take:
+            group = module_role(path) or _generic_group(module)
+            slots.append((f"{prefix}.{path}" if prefix else path, module, group))
+    return slots
 
 
 def _resolve_groups(bias_terms: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -222,14 +275,13 @@ def apply_bitfit(
     """Freeze ``model`` except the selected bias groups (and the task head).
 
     Args:
-        model: a BERT-family (BERT, RoBERTa, ELECTRA, MiniLM) or DistilBERT model,
-            with or without a task head.
-        bias_terms: ``"all"`` or a list of names from ``BIAS_GROUPS``. With
-            ``"all"``, groups the architecture does not have (DistilBERT has no
-            pooler) are skipped; a group named explicitly must exist.
+        model: any ``transformers`` model, with or without a task head.
+        bias_terms: ``"all"`` (every bias of the encoder, whatever module owns it) or a
+            list of names from ``BIAS_GROUPS``; a group named explicitly must exist.
         train_head: also train the task head (everything outside the encoder).
-        add_missing_biases: where a selected Linear/LayerNorm was built without a
-            bias, add a zero bias (the model's outputs stay exactly the same).
+        add_missing_biases: where a selected Linear or LayerNorm was built without a bias
+            (ModernBERT, Llama, T5, most of Qwen2), add a zero bias: the model's outputs
+            stay exactly the same. RMSNorm-style norms get none (they have no bias term).
 
     Returns:
         A ``BitFitReport`` with ``trainable``, ``total``, ``percent`` and rows.
@@ -239,25 +291,25 @@ def apply_bitfit(
             modules without a bias (unless ``add_missing_biases``).
     """
     groups, explicit = _resolve_groups(bias_terms)
-    modules = _role_modules(model)
-    if not modules:
+    slots = _bias_slots(model)
+    if not slots:
         raise ValueError(
-            f"{type(model).__name__} has no module with a BitFit role (query, key, value, ...). "
-            "BitFit needs a BERT-family encoder or DistilBERT; check the model you loaded."
+            f"{type(model).__name__} has no bias and no Linear or LayerNorm layer to give one: "
+            "BitFit has nothing to train. Check the model you loaded."
         )
-    absent = [g for g in groups if g not in modules]
+    present = [g for g in BIAS_GROUPS if any(group == g for _, _, group in slots)]
+    absent = [g for g in groups if g not in present]
     if explicit and absent:
-        raise ValueError(
-            f"This {type(model).__name__} has no {absent} module(s). "
-            f"Groups it has: {', '.join(g for g in BIAS_GROUPS if g in modules)}."
-        )
-    groups = [g for g in groups if g in modules]
-    missing = [(path, m) for g in groups for path, m in modules[g] if m.bias is None]
+        raise ValueError(f"This {type(model).__name__} has no {absent} module(s). Groups it has: {', '.join(present)}.")
+    groups = [g for g in groups if g in present]
+    missing = [(path, m) for path, m, g in slots if g in groups and m.bias is None]
     if missing and not add_missing_biases:
+        with_bias = [g for g in present if any(grp == g and m.bias is not None for _, m, grp in slots)]
         raise ValueError(
             f"{len(missing)} selected module(s) have no bias, e.g. '{missing[0][0]}': BitFit "
             "would train nothing there. Pass add_missing_biases=True to add zero-initialised "
-            "biases (outputs unchanged at step 0), or choose other bias_terms."
+            "biases (outputs unchanged at step 0), or choose other bias_terms (groups with "
+            f"biases here: {', '.join(with_bias) or 'none'})."
         )
     for _, module in missing:
         dim = module.out_features if isinstance(module, nn.Linear) else module.normalized_shape
@@ -628,6 +680,10 @@ def load_bias_checkpoint(model: nn.Module, path: str | os.PathLike, strict_name:
         raise ValueError(f"Pack '{path}' is for a {meta['architecture']}, this is a {type(model).__name__}. {hint}")
     extra = sorted(set(tensors) - set(params))
     if extra:
+        biasless = {f"{path}.bias" for path, module in model.named_modules() if getattr(module, "bias", 0) is None}
+        if set(extra) <= biasless:
+            hint = ("The pack has biases this model's layers were built without: call "
+                    "bu.apply_bitfit(model, add_missing_biases=True) first, then load the pack.")
         raise ValueError(f"Pack '{path}' has tensors this model lacks: {extra[:5]}. {hint}")
     bad = [n for n, t in tensors.items() if t.shape != params[n].shape or t.dtype != params[n].dtype]
     if bad:
@@ -1090,6 +1146,9 @@ def plot_history(history, title: str = "Training curves"):
 def bias_changes(base_model: nn.Module, tuned_model: nn.Module):
     """The paper's change measure per layer and bias group: ``(1/dim) * ||b0 - bF||_1``.
 
+    Several biases of one group in one layer (T5's cross-attention q, k, v, o) count as
+    one vector.
+
     Returns:
         A DataFrame, one row per encoder layer (plus ``embeddings``/``pooler``
         rows for those groups), one column per bias group.
@@ -1097,17 +1156,17 @@ def bias_changes(base_model: nn.Module, tuned_model: nn.Module):
     import pandas as pd
 
     base = dict(base_model.named_parameters())
-    rows: dict[str, dict[str, float]] = {}
+    diffs: dict[str, dict[str, list[torch.Tensor]]] = {}
     for name, group in parameter_groups(tuned_model).items():
         if group not in BIAS_GROUPS:
             continue
         tuned = dict(tuned_model.named_parameters())[name]
         if name not in base or base[name].shape != tuned.shape:
             raise ValueError(f"'{name}' is missing or differs in shape in the base model: compare the same architecture.")
-        match = re.search(r"layer\.(\d+)\.", name)
-        layer = match.group(1) if match else group.split("_")[0]
-        change = (base[name].detach().float().cpu() - tuned.detach().float().cpu()).abs().mean().item()
-        rows.setdefault(layer, {})[group] = change
+        layer = _layer_label(name) or group.split("_")[0]
+        diff = (base[name].detach().float().cpu() - tuned.detach().float().cpu()).abs().flatten()
+        diffs.setdefault(layer, {}).setdefault(group, []).append(diff)
+    rows = {layer: {g: torch.cat(d).mean().item() for g, d in cells.items()} for layer, cells in diffs.items()}
     order = sorted(rows, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))
     columns = [g for g in BIAS_GROUPS if any(g in r for r in rows.values())]
     return pd.DataFrame([rows[k] for k in order], index=order, columns=columns).rename_axis("layer")
