@@ -181,7 +181,7 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
     ``bias``: a known role, else a generic ``other_*`` group), ``"head"`` for everything
     outside the encoder (classifier, pre_classifier, score, ...) and ``"frozen"`` for the
     remaining encoder parameters (weight matrices, embeddings, LayerNorm gains).
-    A peft-wrapped model (``apply_lora``) also has a ``"lora"`` group.
+    A peft-wrapped model also has a ``"lora"`` (``apply_lora``) or ``"beft"`` (``apply_beft``) group.
     """
     peft_wrapped = hasattr(model, "get_base_model") and hasattr(model, "peft_config")
     prefix = _base_prefix(model.get_base_model() if peft_wrapped else model)
@@ -190,9 +190,10 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
     for full_name, _ in model.named_parameters():
         owner, _, leaf = full_name.rpartition(".")
         name = full_name
-        if peft_wrapped:  # peft: base_model.model.<name>, LoRA matrices, wrapped layers' base_layer
-            if ".lora_" in name:
-                groups[full_name] = "lora"
+        if peft_wrapped:  # peft: base_model.model.<name>, its own tensors, wrapped layers' base_layer
+            adapter = next((kind for kind in ("lora", "beft") if f".{kind}_" in name), None)
+            if adapter:
+                groups[full_name] = adapter
                 continue
             name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
         if prefix and not name.startswith(prefix + "."):
@@ -353,7 +354,7 @@ def parameter_table(model: nn.Module):
         row["tensors"] += 1
         row["parameters"] += param.numel()
         row["trainable"] += param.numel() if param.requires_grad else 0
-    order = [g for g in (*BIAS_GROUPS, "lora", "head", "frozen") if g in rows]
+    order = [g for g in (*BIAS_GROUPS, "lora", "beft", "head", "frozen") if g in rows]
     table = pd.DataFrame([{"group": g, **rows[g]} for g in order]).set_index("group")
     table.loc["total"] = table.sum()
     table = table.astype(int)
@@ -430,6 +431,39 @@ def _get_peft_model(model: nn.Module, config) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         return get_peft_model(model, config)
+
+
+#: BEFT on every attention and FFN Linear layer of a BERT-family encoder (peft matches a
+#: name or a dotted suffix, so "output.dense" alone would also catch "attention.output.dense").
+BEFT_BERT_ALL_LINEAR: tuple[str, ...] = (
+    "query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense",
+)
+
+
+def apply_beft(model: nn.Module, target_modules: Sequence[str] | None = None) -> nn.Module:
+    """Wrap a sequence classifier with peft's BEFT: a new zero bias vector on each target Linear.
+
+    BEFT adds a trainable vector ``b'`` (initialised to zero) to the output of each target
+    layer, ``y = W x + b + b'``, and freezes everything else but the task head. ``b'`` sits
+    exactly where the layer's own bias does, so its gradient is the bias gradient: BEFT on
+    a set of layers trains what BitFit trains on their biases, as separate tensors (the
+    layer's own bias stays frozen, and layers built without a bias get one in effect).
+
+    Args:
+        model: a ``...ForSequenceClassification`` model.
+        target_modules: module names (or dotted suffixes) to give a BEFT vector. ``None``:
+            peft's default for the architecture (BERT, RoBERTa: ``value``; Llama, Qwen2:
+            ``v_proj``; T5: ``v``). ``BEFT_BERT_ALL_LINEAR``: every attention and FFN Linear
+            layer of a BERT-family encoder (query, key, value, attention.output.dense,
+            intermediate.dense, output.dense).
+
+    Returns:
+        The ``PeftModel``; its BEFT vectors form the ``"beft"`` group of ``parameter_groups``.
+    """
+    from peft import BeftConfig, TaskType
+
+    targets = list(target_modules) if target_modules is not None else None
+    return _get_peft_model(model, BeftConfig(task_type=TaskType.SEQ_CLS, target_modules=targets))
 
 
 def apply_lora(model: nn.Module, r: int = 8, bias: str = "none") -> nn.Module:

@@ -185,3 +185,53 @@ def test_bias_changes_has_a_row_per_layer_on_gpt2_and_t5():
     assert list(changes.index) == ["0", "1", "decoder.0", "decoder.1"]
     assert changes.loc["decoder.1", "cross_attention"] == pytest.approx(1.0)
     assert changes.loc["1", "query"] == 0
+
+
+def test_beft_adds_zero_vectors_on_the_targets_only():
+    from conftest import tiny_bert
+
+    for targets, per_layer in ((None, 16), (bu.BEFT_BERT_ALL_LINEAR, 3 * 16 + 16 + 32 + 16)):
+        model = tiny_bert()
+        inp = {"input_ids": torch.randint(5, 120, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+        before = logits_of(model, inp)
+        linear_out = {n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        wrapped = bu.apply_beft(model, targets)
+        groups = bu.parameter_groups(wrapped)
+        beft = {n: p for n, p in wrapped.named_parameters() if ".beft_bias." in n}
+        targeted = {n.removeprefix("base_model.model.").split(".beft_bias.")[0] for n in beft}
+        assert sum(p.numel() for p in beft.values()) == sum(linear_out[t] for t in targeted) == 2 * per_layer
+        assert all(not p.any() for p in beft.values())  # zero-initialised
+        head = 16 * 2 + 2
+        trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+        assert set(beft) <= trainable and {groups[n] for n in trainable} == {"beft", "head"}
+        assert bu.count_parameters(wrapped)[0] == 2 * per_layer + head
+        assert {groups[n] for n in beft} == {"beft"}
+        table = bu.parameter_table(wrapped)
+        assert table.loc["beft", "trainable"] == 2 * per_layer and table.loc["head", "trainable"] == head
+        assert torch.equal(logits_of(wrapped, inp), before), "zero vectors leave the outputs unchanged at step 0"
+    assert targeted == {f"bert.encoder.layer.{i}.{m}" for i in (0, 1) for m in (
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "intermediate.dense", "output.dense")}
+
+
+def test_beft_on_all_linear_layers_steps_like_bitfit_on_their_biases():
+    """b' sits where b does (y = W x + b + b'), so one Adam step moves the outputs as BitFit on those biases."""
+    from conftest import tiny_bert
+
+    inp = {"input_ids": torch.randint(5, 120, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}
+    labels = torch.tensor([0, 1, 1, 0])
+    bitfit = tiny_bert()
+    bu.apply_bitfit(bitfit, ["query", "key", "value", "attention_output", "intermediate", "output"])
+    beft = bu.apply_beft(tiny_bert(), bu.BEFT_BERT_ALL_LINEAR)
+    assert bu.count_parameters(beft)[0] == bu.count_parameters(bitfit)[0]
+    for model in (bitfit, beft):
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        model(**inp, labels=labels).loss.backward()  # eval mode: no dropout, the same forward pass
+        optimizer.step()
+    assert torch.allclose(logits_of(bitfit, inp), logits_of(beft, inp), atol=1e-5)
+    assert not torch.allclose(logits_of(tiny_bert(), inp), logits_of(bitfit, inp), atol=1e-4)  # it did move
+
+
+def logits_of(model, inp):
+    with torch.no_grad():
+        return model(**inp).logits.clone()
