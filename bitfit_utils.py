@@ -17,8 +17,10 @@ Every function is small and self-contained so students can read it in one go.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -48,7 +50,9 @@ class LabStepMissing(FileNotFoundError):
 # 1. Selection
 # ---------------------------------------------------------------------------
 
-#: The bias groups, named by the role of the module that owns the bias.
+#: The bias groups, named by the role of the module that owns the bias. The first
+#: ten are BERT's; the rest appear in other architectures. A bias that fits no
+#: known role gets one of the last four groups, named by the kind of module.
 BIAS_GROUPS: tuple[str, ...] = (
     "query",
     "key",
@@ -60,39 +64,78 @@ BIAS_GROUPS: tuple[str, ...] = (
     "output_layernorm",
     "embeddings_layernorm",
     "pooler",
-    "embeddings_projection",  # ELECTRA only, when embedding_size != hidden_size
+    "embeddings_projection",  # ELECTRA, ALBERT (embedding -> hidden size), ViT (patches -> hidden size)
+    "query_key_value",  # one fused projection: GPT-2's c_attn, ModernBERT's Wqkv
+    "gate",  # the gate of a gated FFN (Llama, Qwen2, T5 v1.1)
+    "cross_attention",  # an encoder-decoder's decoder attending to the encoder (T5)
+    "relative_position",  # DeBERTa's relative-position projections and LayerNorm
+    "final_layernorm",  # the norm after the last layer (pre-LN models: GPT-2, Llama, ViT, ...)
+    "other_linear",  # any other Linear / Conv1D
+    "other_conv",  # any other convolution
+    "other_norm",  # any other normalisation layer
+    "other",  # a bias of any other module
 )
 
-# Module paths (relative to the base model) -> role. Each pattern must match the
-# *whole* module path: "output" never catches "attention.output" (the substring
-# match of the original BitFit code does).
-_L = r"(?:encoder\.layer|transformer\.layer)\.\d+\."
-_ROLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (role, re.compile(pattern))
-    for role, pattern in (
-        # BERT, RoBERTa, ELECTRA (MiniLM is a BERT)
-        ("query", _L + r"attention\.self\.query"),
-        ("key", _L + r"attention\.self\.key"),
-        ("value", _L + r"attention\.self\.value"),
-        ("attention_output", _L + r"attention\.output\.dense"),
-        ("attention_layernorm", _L + r"attention\.output\.LayerNorm"),
-        ("intermediate", _L + r"intermediate\.dense"),
-        ("output", _L + r"output\.dense"),
-        ("output_layernorm", _L + r"output\.LayerNorm"),
-        ("embeddings_layernorm", r"embeddings\.LayerNorm"),
-        ("pooler", r"pooler\.dense"),
-        ("embeddings_projection", r"embeddings_project"),
-        # DistilBERT
-        ("query", _L + r"attention\.q_lin"),
-        ("key", _L + r"attention\.k_lin"),
-        ("value", _L + r"attention\.v_lin"),
-        ("attention_output", _L + r"attention\.out_lin"),
-        ("attention_layernorm", _L + r"sa_layer_norm"),
-        ("intermediate", _L + r"ffn\.lin1"),
-        ("output", _L + r"ffn\.lin2"),
-        ("output_layernorm", _L + r"output_layer_norm"),
-    )
-)
+# Module path -> role, per family. A path inside a layer is looked up by what follows its
+# layer number ("encoder.layer.3.attention.self.query" -> "attention.self.query"), a path
+# outside the layers as a whole. The lookup is exact: "output.dense" never catches
+# "attention.output.dense" (the substring match of the original BitFit code does).
+# Pre-LN models (GPT-2, Llama, ModernBERT, ViT) normalise *before* each block: their
+# "attention_layernorm" / "output_layernorm" are the norms in front of the attention / FFN.
+_FAMILY_ROLES: dict[str, dict[str, str]] = {
+    "BERT, RoBERTa, ELECTRA, MiniLM, DeBERTa-v2/v3": {
+        "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
+        "attention.output.dense": "attention_output", "attention.output.LayerNorm": "attention_layernorm",
+        "intermediate.dense": "intermediate", "output.dense": "output", "output.LayerNorm": "output_layernorm",
+        "embeddings.LayerNorm": "embeddings_layernorm", "pooler.dense": "pooler",
+        "embeddings_project": "embeddings_projection",
+        "attention.self.query_proj": "query", "attention.self.key_proj": "key",
+        "attention.self.value_proj": "value", "attention.self.pos_key_proj": "relative_position",
+        "attention.self.pos_query_proj": "relative_position", "encoder.LayerNorm": "relative_position",
+    },
+    "DistilBERT": {
+        "attention.q_lin": "query", "attention.k_lin": "key", "attention.v_lin": "value",
+        "attention.out_lin": "attention_output", "sa_layer_norm": "attention_layernorm",
+        "ffn.lin1": "intermediate", "ffn.lin2": "output", "output_layer_norm": "output_layernorm",
+    },
+    "ALBERT (one layer shared by all)": {
+        "attention.query": "query", "attention.key": "key", "attention.value": "value",
+        "attention.dense": "attention_output", "attention.LayerNorm": "attention_layernorm",
+        "ffn": "intermediate", "ffn_output": "output", "full_layer_layer_norm": "output_layernorm",
+        "encoder.embedding_hidden_mapping_in": "embeddings_projection", "pooler": "pooler",
+    },
+    "GPT-2 (Conv1D layers)": {
+        "ln_1": "attention_layernorm", "attn.c_attn": "query_key_value", "attn.c_proj": "attention_output",
+        "ln_2": "output_layernorm", "mlp.c_fc": "intermediate", "mlp.c_proj": "output", "ln_f": "final_layernorm",
+    },
+    "Llama, Qwen2 (gate_proj/up_proj: the two halves of a gated FFN)": {
+        "self_attn.q_proj": "query", "self_attn.k_proj": "key", "self_attn.v_proj": "value",
+        "self_attn.o_proj": "attention_output", "input_layernorm": "attention_layernorm",
+        "mlp.gate_proj": "gate", "mlp.up_proj": "intermediate", "mlp.down_proj": "output",
+        "post_attention_layernorm": "output_layernorm", "norm": "final_layernorm",
+    },
+    "ModernBERT (Wi: FFN input and gate in one matrix)": {
+        "attn_norm": "attention_layernorm", "attn.Wqkv": "query_key_value", "attn.Wo": "attention_output",
+        "mlp_norm": "output_layernorm", "mlp.Wi": "intermediate", "mlp.Wo": "output",
+        "embeddings.norm": "embeddings_layernorm", "final_norm": "final_layernorm",
+    },
+    "T5 (encoder and decoder)": {
+        "SelfAttention.q": "query", "SelfAttention.k": "key", "SelfAttention.v": "value",
+        "SelfAttention.o": "attention_output", "EncDecAttention.q": "cross_attention",
+        "EncDecAttention.k": "cross_attention", "EncDecAttention.v": "cross_attention",
+        "EncDecAttention.o": "cross_attention", "DenseReluDense.wi": "intermediate",
+        "DenseReluDense.wi_0": "gate", "DenseReluDense.wi_1": "intermediate", "DenseReluDense.wo": "output",
+        "encoder.final_layer_norm": "final_layernorm", "decoder.final_layer_norm": "final_layernorm",
+    },
+    "ViT": {
+        "attention.q_proj": "query", "attention.k_proj": "key", "attention.v_proj": "value",
+        "attention.o_proj": "attention_output", "layernorm_before": "attention_layernorm",
+        "mlp.fc1": "intermediate", "mlp.fc2": "output", "layernorm_after": "output_layernorm",
+        "embeddings.patch_embeddings.projection": "embeddings_projection", "layernorm": "final_layernorm",
+    },
+}
+_ROLES: dict[str, str] = {path: role for table in _FAMILY_ROLES.values() for path, role in table.items()}
+assert len(_ROLES) == sum(map(len, _FAMILY_ROLES.values())), "a module path is listed twice in _FAMILY_ROLES"
 
 
 def _base_prefix(model: nn.Module) -> str:
@@ -102,71 +145,84 @@ def _base_prefix(model: nn.Module) -> str:
 
 
 def module_role(path: str) -> str | None:
-    """Return the bias group of a module path relative to the encoder, or None.
+    """Return the role of a module path relative to the encoder, or None when it has no known role.
 
     Args:
-        path: e.g. ``"encoder.layer.3.attention.self.query"``.
+        path: e.g. ``"encoder.layer.3.attention.self.query"`` (BERT) or ``"h.3.mlp.c_fc"`` (GPT-2).
 
     Returns:
-        One of ``BIAS_GROUPS`` or None when the module has no BitFit role.
+        One of the role groups of ``BIAS_GROUPS`` (not the generic ``other_*`` ones), or None.
     """
-    for role, pattern in _ROLE_PATTERNS:
-        if pattern.fullmatch(path):
-            return role
-    return None
+    return _ROLES.get(re.split(r"(?:^|\.)\d+\.", path)[-1])
+
+
+def _generic_group(module: nn.Module) -> str:
+    """The group of a bias that fits no known role, named by the kind of module that owns it."""
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, (nn.Linear, Conv1D)):
+        return "other_linear"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "other_conv"
+    return "other_norm" if "norm" in type(module).__name__.lower() else "other"
+
+
+def _layer_label(name: str) -> str | None:
+    """The layer a parameter belongs to: ``"3"``, ``"decoder.3"`` in a decoder, None outside the layers."""
+    match = re.search(r"\.(\d+)\.", name)
+    if match is None:
+        return None
+    return ("decoder." if "decoder" in name[: match.start()].split(".") else "") + match.group(1)
 
 
 def parameter_groups(model: nn.Module) -> dict[str, str]:
     """Map every parameter name of ``model`` to its group.
 
-    Groups are the ``BIAS_GROUPS`` for encoder biases, ``"head"`` for everything
-    outside the encoder (classifier, pre_classifier, score, ...) and ``"frozen"``
-    for the remaining encoder parameters (weight matrices, embeddings, LayerNorm gains).
-    A peft-wrapped model (``apply_lora``) also has a ``"lora"`` group.
-
-    Raises:
-        ValueError: when an encoder bias fits no known role (it is never skipped silently).
+    Groups are the ``BIAS_GROUPS`` for the encoder's biases (every parameter named
+    ``bias``: a known role, else a generic ``other_*`` group), ``"head"`` for everything
+    outside the encoder (classifier, pre_classifier, score, ...) and ``"frozen"`` for the
+    remaining encoder parameters (weight matrices, embeddings, LayerNorm gains).
+    A peft-wrapped model also has a ``"lora"`` (``apply_lora``) or ``"beft"`` (``apply_beft``) group.
     """
     peft_wrapped = hasattr(model, "get_base_model") and hasattr(model, "peft_config")
     prefix = _base_prefix(model.get_base_model() if peft_wrapped else model)
+    modules = dict(model.named_modules())
     groups: dict[str, str] = {}
     for full_name, _ in model.named_parameters():
+        owner, _, leaf = full_name.rpartition(".")
         name = full_name
-        if peft_wrapped:  # peft: base_model.model.<name>, LoRA matrices, wrapped layers' base_layer
-            if ".lora_" in name:
-                groups[full_name] = "lora"
+        if peft_wrapped:  # peft: base_model.model.<name>, its own tensors, wrapped layers' base_layer
+            adapter = next((kind for kind in ("lora", "beft") if f".{kind}_" in name), None)
+            if adapter:
+                groups[full_name] = adapter
                 continue
             name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
         if prefix and not name.startswith(prefix + "."):
             groups[full_name] = "head"
-            continue
-        inner = name[len(prefix) + 1 :] if prefix else name
-        module_path, _, leaf = inner.rpartition(".")
-        if leaf != "bias":
+        elif leaf != "bias":
             groups[full_name] = "frozen"
-            continue
-        role = module_role(module_path)
-        if role is None:
-            raise ValueError(
-                f"Bias parameter '{name}' fits no BitFit role. Supported encoders are "
-                "BERT, RoBERTa, ELECTRA, MiniLM and DistilBERT; for another architecture "
-                "add its module path to _ROLE_PATTERNS in bitfit_utils.py."
-            )
-        groups[full_name] = role
+        else:
+            path = name[len(prefix) + 1 :] if prefix else name
+            groups[full_name] = module_role(path.rpartition(".")[0]) or _generic_group(modules[owner])
     return groups
 
 
-def _role_modules(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
-    """Group the encoder's Linear/LayerNorm modules by role (whether they have a bias or not)."""
+def _bias_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(path, module, group)`` for every encoder module that has a bias or can take one.
+
+    A module can take a bias when it is a Linear or an affine LayerNorm without one;
+    RMSNorm-style norms (Llama, T5) cannot: their formula has no bias term to fill.
+    """
     prefix = _base_prefix(model)
     base = getattr(model, prefix) if prefix else model
-    found: dict[str, list[tuple[str, nn.Module]]] = {}
+    slots = []
     for path, module in base.named_modules():
-        role = module_role(path)
-        if role is not None and isinstance(module, (nn.Linear, nn.LayerNorm)):
-            full = f"{prefix}.{path}" if prefix else path
-            found.setdefault(role, []).append((full, module))
-    return found
+        has_bias = dict(module.named_parameters(recurse=False)).get("bias") is not None
+        can_take = isinstance(module, nn.Linear) or (isinstance(module, nn.LayerNorm) and module.weight is not None)
+        if has_bias or can_take:
+            group = module_role(path) or _generic_group(module)
+            slots.append((f"{prefix}.{path}" if prefix else path, module, group))
+    return slots
 
 
 def _resolve_groups(bias_terms: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -221,14 +277,13 @@ def apply_bitfit(
     """Freeze ``model`` except the selected bias groups (and the task head).
 
     Args:
-        model: a BERT-family (BERT, RoBERTa, ELECTRA, MiniLM) or DistilBERT model,
-            with or without a task head.
-        bias_terms: ``"all"`` or a list of names from ``BIAS_GROUPS``. With
-            ``"all"``, groups the architecture does not have (DistilBERT has no
-            pooler) are skipped; a group named explicitly must exist.
+        model: any ``transformers`` model, with or without a task head.
+        bias_terms: ``"all"`` (every bias of the encoder, whatever module owns it) or a
+            list of names from ``BIAS_GROUPS``; a group named explicitly must exist.
         train_head: also train the task head (everything outside the encoder).
-        add_missing_biases: where a selected Linear/LayerNorm was built without a
-            bias, add a zero bias (the model's outputs stay exactly the same).
+        add_missing_biases: where a selected Linear or LayerNorm was built without a bias
+            (ModernBERT, Llama, T5, most of Qwen2), add a zero bias: the model's outputs
+            stay exactly the same. RMSNorm-style norms get none (they have no bias term).
 
     Returns:
         A ``BitFitReport`` with ``trainable``, ``total``, ``percent`` and rows.
@@ -238,25 +293,25 @@ def apply_bitfit(
             modules without a bias (unless ``add_missing_biases``).
     """
     groups, explicit = _resolve_groups(bias_terms)
-    modules = _role_modules(model)
-    if not modules:
+    slots = _bias_slots(model)
+    if not slots:
         raise ValueError(
-            f"{type(model).__name__} has no module with a BitFit role (query, key, value, ...). "
-            "BitFit needs a BERT-family encoder or DistilBERT; check the model you loaded."
+            f"{type(model).__name__} has no bias and no Linear or LayerNorm layer to give one: "
+            "BitFit has nothing to train. Check the model you loaded."
         )
-    absent = [g for g in groups if g not in modules]
+    present = [g for g in BIAS_GROUPS if any(group == g for _, _, group in slots)]
+    absent = [g for g in groups if g not in present]
     if explicit and absent:
-        raise ValueError(
-            f"This {type(model).__name__} has no {absent} module(s). "
-            f"Groups it has: {', '.join(g for g in BIAS_GROUPS if g in modules)}."
-        )
-    groups = [g for g in groups if g in modules]
-    missing = [(path, m) for g in groups for path, m in modules[g] if m.bias is None]
+        raise ValueError(f"This {type(model).__name__} has no {absent} module(s). Groups it has: {', '.join(present)}.")
+    groups = [g for g in groups if g in present]
+    missing = [(path, m) for path, m, g in slots if g in groups and m.bias is None]
     if missing and not add_missing_biases:
+        with_bias = [g for g in present if any(grp == g and m.bias is not None for _, m, grp in slots)]
         raise ValueError(
             f"{len(missing)} selected module(s) have no bias, e.g. '{missing[0][0]}': BitFit "
             "would train nothing there. Pass add_missing_biases=True to add zero-initialised "
-            "biases (outputs unchanged at step 0), or choose other bias_terms."
+            "biases (outputs unchanged at step 0), or choose other bias_terms (groups with "
+            f"biases here: {', '.join(with_bias) or 'none'})."
         )
     for _, module in missing:
         dim = module.out_features if isinstance(module, nn.Linear) else module.normalized_shape
@@ -300,7 +355,7 @@ def parameter_table(model: nn.Module):
         row["tensors"] += 1
         row["parameters"] += param.numel()
         row["trainable"] += param.numel() if param.requires_grad else 0
-    order = [g for g in (*BIAS_GROUPS, "lora", "head", "frozen") if g in rows]
+    order = [g for g in (*BIAS_GROUPS, "lora", "beft", "head", "frozen") if g in rows]
     table = pd.DataFrame([{"group": g, **rows[g]} for g in order]).set_index("group")
     table.loc["total"] = table.sum()
     table = table.astype(int)
@@ -377,6 +432,39 @@ def _get_peft_model(model: nn.Module, config) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         return get_peft_model(model, config)
+
+
+#: BEFT on every attention and FFN Linear layer of a BERT-family encoder (peft matches a
+#: name or a dotted suffix, so "output.dense" alone would also catch "attention.output.dense").
+BEFT_BERT_ALL_LINEAR: tuple[str, ...] = (
+    "query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense",
+)
+
+
+def apply_beft(model: nn.Module, target_modules: Sequence[str] | None = None) -> nn.Module:
+    """Wrap a sequence classifier with peft's BEFT: a new zero bias vector on each target Linear.
+
+    BEFT adds a trainable vector ``b'`` (initialised to zero) to the output of each target
+    layer, ``y = W x + b + b'``, and freezes everything else but the task head. ``b'`` sits
+    exactly where the layer's own bias does, so its gradient is the bias gradient: BEFT on
+    a set of layers trains what BitFit trains on their biases, as separate tensors (the
+    layer's own bias stays frozen, and layers built without a bias get one in effect).
+
+    Args:
+        model: a ``...ForSequenceClassification`` model.
+        target_modules: module names (or dotted suffixes) to give a BEFT vector. ``None``:
+            peft's default for the architecture (BERT, RoBERTa: ``value``; Llama, Qwen2:
+            ``v_proj``; T5: ``v``). ``BEFT_BERT_ALL_LINEAR``: every attention and FFN Linear
+            layer of a BERT-family encoder (query, key, value, attention.output.dense,
+            intermediate.dense, output.dense).
+
+    Returns:
+        The ``PeftModel``; its BEFT vectors form the ``"beft"`` group of ``parameter_groups``.
+    """
+    from peft import BeftConfig, TaskType
+
+    targets = list(target_modules) if target_modules is not None else None
+    return _get_peft_model(model, BeftConfig(task_type=TaskType.SEQ_CLS, target_modules=targets))
 
 
 def apply_lora(model: nn.Module, r: int = 8, bias: str = "none") -> nn.Module:
@@ -460,13 +548,18 @@ def _frozen_fingerprint(model: nn.Module, exclude: Iterable[str]) -> str:
     cache = model.__dict__.setdefault("_bitfit_fingerprints", {})
     if key[0] in cache and cache[key[0]][0] == key[1]:
         return cache[key[0]][1]
+    cache[key[0]] = (key[1], _tensor_digest(params))
+    return cache[key[0]][1]
+
+
+def _tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of ``(name, tensor)`` pairs, in order."""
     digest = hashlib.sha256()
-    for name, param in params:
-        tensor = param.detach().cpu().contiguous()
+    for name, tensor in named:
+        tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    cache[key[0]] = (key[1], digest.hexdigest())
-    return cache[key[0]][1]
+    return digest.hexdigest()
 
 
 def _pack_names(model: nn.Module) -> list[str]:
@@ -493,8 +586,9 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: 
     The pack holds the trained tensors (listed in its metadata as ``trained``)
     and, so that loading a pack restores every bias, the few biases left frozen.
 
-    The file is written to a temporary file in the same folder and renamed into
-    place, so a crash never leaves a half-written pack under ``path``.
+    The metadata carries a SHA-256 digest of the tensors, checked on every read. The
+    file is written to a temporary file in the same folder and renamed into place, so
+    a crash never leaves a half-written pack under ``path``.
 
     Args:
         model: a model after ``apply_bitfit`` (and training).
@@ -503,7 +597,19 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: 
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: the model is not set up for BitFit, or a metadata value is not JSON
+            (nothing is written then).
     """
+    for key, value in metadata.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"Metadata '{key}' ({type(value).__name__}) cannot be stored in a pack ({err}). Pass JSON "
+                f"values (str, int, float, bool, None, lists and dicts of them), e.g. {key}=str(...)."
+            ) from None
     names = _pack_names(model)
     params = dict(model.named_parameters())
     trained = [n for n in names if params[n].requires_grad]
@@ -517,11 +623,12 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: 
         "base_model": str(getattr(config, "_name_or_path", "") or ""),
         "architecture": type(model).__name__,
         "fingerprint": _frozen_fingerprint(model, names),
+        "digest": _tensor_digest(sorted(tensors.items())),
         "bias_groups": json.dumps(getattr(model, "bitfit_bias_terms", [])),
         "trained": json.dumps(trained),
         "id2label": json.dumps({str(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}),
         "versions": json.dumps(_library_versions()),
-        "user": json.dumps(metadata, default=str),
+        "user": json.dumps(metadata),
     }
     from safetensors.torch import save
 
@@ -546,7 +653,8 @@ def read_bias_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is truncated, corrupt or not a BitFit pack.
+        ValueError: the file is truncated, corrupt (its tensors do not match the digest
+            written at save; packs older than the digest are not checked) or not a BitFit pack.
     """
     from safetensors.torch import load
 
@@ -566,7 +674,13 @@ def read_bias_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         ) from None
     if raw.get("format") != PACK_FORMAT:
         raise ValueError(f"'{path}' is a safetensors file but not a BitFit pack (format={raw.get('format')!r}).")
-    meta = {k: raw.get(k, "") for k in ("format", "base_model", "architecture", "fingerprint")}
+    if raw.get("digest") and _tensor_digest(sorted(tensors.items())) != raw["digest"]:
+        raise ValueError(
+            f"'{path}' is damaged: its tensors do not match the SHA-256 digest written when it was saved "
+            "(a changed byte: a bad copy or disk). Copy the pack again from where it came from, or save it "
+            "again with save_bias_checkpoint."
+        )
+    meta = {k: raw.get(k, "") for k in ("format", "base_model", "architecture", "fingerprint", "digest")}
     for k in ("bias_groups", "trained", "id2label", "versions", "user"):
         meta[k] = json.loads(raw.get(k) or "null")
     return tensors, meta
@@ -601,6 +715,10 @@ def load_bias_checkpoint(model: nn.Module, path: str | os.PathLike, strict_name:
         raise ValueError(f"Pack '{path}' is for a {meta['architecture']}, this is a {type(model).__name__}. {hint}")
     extra = sorted(set(tensors) - set(params))
     if extra:
+        biasless = {f"{path}.bias" for path, module in model.named_modules() if getattr(module, "bias", 0) is None}
+        if set(extra) <= biasless:
+            hint = ("The pack has biases this model's layers were built without: call "
+                    "bu.apply_bitfit(model, add_missing_biases=True) first, then load the pack.")
         raise ValueError(f"Pack '{path}' has tensors this model lacks: {extra[:5]}. {hint}")
     bad = [n for n, t in tensors.items() if t.shape != params[n].shape or t.dtype != params[n].dtype]
     if bad:
@@ -694,7 +812,16 @@ def _read_glue_tsv(path: Path, labelled: bool) -> dict[str, list]:
     first = "Quality" if labelled else "index"
     expected = [first, "#1 ID", "#2 ID", "#1 String", "#2 String"]
     cols: dict[str, list] = {"sentence1": [], "sentence2": [], "label": [], "idx": []}
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}, line {line}: byte {data[err.start]:#04x} is not UTF-8 text. Save the file as UTF-8 "
+            "(GLUE's MRPC files are), e.g. `iconv -f latin1 -t utf-8`, or download MRPC again."
+        ) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header != expected:
@@ -939,8 +1066,11 @@ def predict(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int 
         max_length: longer pairs are truncated, with a warning.
 
     Returns:
-        ``(labels, probabilities)``: label names and an ``[n, num_labels]`` array.
+        ``(labels, probabilities)``: label names and an ``[n, num_labels]`` array
+        (``[]`` and a ``(0, num_labels)`` array for no pairs).
     """
+    if len(pairs) == 0:
+        return [], np.zeros((0, model.config.num_labels), dtype=np.float32)
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ValueError(f"Pair {i} must be (sentence1, sentence2), got {pair!r}.")
@@ -959,7 +1089,7 @@ def predict(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int 
             enc = tokenizer([p[0] for p in chunk], [p[1] for p in chunk], truncation=True,
                             max_length=max_length, padding=True, return_tensors="pt").to(device)
             probs.append(model(**enc).logits.float().softmax(-1).cpu().numpy())
-    probs_arr = np.concatenate(probs) if probs else np.zeros((0, model.config.num_labels))
+    probs_arr = np.concatenate(probs)
     return [model.config.id2label[int(i)] for i in probs_arr.argmax(-1)], probs_arr
 
 
@@ -1102,6 +1232,9 @@ def plot_history(history, title: str = "Training curves"):
 def bias_changes(base_model: nn.Module, tuned_model: nn.Module):
     """The paper's change measure per layer and bias group: ``(1/dim) * ||b0 - bF||_1``.
 
+    Several biases of one group in one layer (T5's cross-attention q, k, v, o) count as
+    one vector.
+
     Returns:
         A DataFrame, one row per encoder layer (plus ``embeddings``/``pooler``
         rows for those groups), one column per bias group.
@@ -1109,17 +1242,17 @@ def bias_changes(base_model: nn.Module, tuned_model: nn.Module):
     import pandas as pd
 
     base = dict(base_model.named_parameters())
-    rows: dict[str, dict[str, float]] = {}
+    diffs: dict[str, dict[str, list[torch.Tensor]]] = {}
     for name, group in parameter_groups(tuned_model).items():
         if group not in BIAS_GROUPS:
             continue
         tuned = dict(tuned_model.named_parameters())[name]
         if name not in base or base[name].shape != tuned.shape:
             raise ValueError(f"'{name}' is missing or differs in shape in the base model: compare the same architecture.")
-        match = re.search(r"layer\.(\d+)\.", name)
-        layer = match.group(1) if match else group.split("_")[0]
-        change = (base[name].detach().float().cpu() - tuned.detach().float().cpu()).abs().mean().item()
-        rows.setdefault(layer, {})[group] = change
+        layer = _layer_label(name) or group.split("_")[0]
+        diff = (base[name].detach().float().cpu() - tuned.detach().float().cpu()).abs().flatten()
+        diffs.setdefault(layer, {}).setdefault(group, []).append(diff)
+    rows = {layer: {g: torch.cat(d).mean().item() for g, d in cells.items()} for layer, cells in diffs.items()}
     order = sorted(rows, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))
     columns = [g for g in BIAS_GROUPS if any(g in r for r in rows.values())]
     return pd.DataFrame([rows[k] for k in order], index=order, columns=columns).rename_axis("layer")

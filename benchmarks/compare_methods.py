@@ -41,6 +41,13 @@ METHODS = {
     "lora": (5e-4, 7, "a usual LoRA rate for BERT-size encoders (LoRA paper: 4e-4 to 5e-4 on GLUE)"),
     "bitfit_lora": (5e-4, 7, "LoRA's rate; biases also train through LoraConfig(bias='all')"),
     "handout_bitfitlora": (5e-4, 7, "the handout's class as written (its biases end up frozen)"),
+    # BEFT (peft's BeftConfig) adds a zero vector b' to a Linear layer's output, y = W x + b + b': b' gets
+    # exactly the bias gradient, and with Adam and no weight decay its steps are the ones BitFit takes on
+    # b (tests/test_families.py checks one step). So BitFit's rate is the equal-budget choice.
+    "beft": (1e-3, 7, "BitFit's rate: BEFT trains additive bias vectors (peft's default targets: the value "
+                      "projections)"),
+    "beft_all": (1e-3, 7, "BitFit's rate: BEFT vectors on every attention/FFN Linear layer, i.e. BitFit "
+                          "without the LayerNorm and pooler biases"),
     "full": (5e-5, 3, "02-Train's setting: the usual full fine-tuning rate for BERT-size encoders"),
     "adaptive_init": (1e-3, 7, "BitFit's setting, after the handout's adaptive_bias_initialization"),
 }
@@ -79,6 +86,10 @@ def setup(model, method: str, seed: int, groups: list[str] | None = None):
         model = bu.apply_lora(model, bias="none")
     elif method == "bitfit_lora":
         model = bu.apply_lora(model, bias="all")
+    elif method == "beft":
+        model = bu.apply_beft(model)
+    elif method == "beft_all":
+        model = bu.apply_beft(model, bu.BEFT_BERT_ALL_LINEAR)
     elif method == "handout_bitfitlora":
         model = bu.HandoutBitFitLoRA(model).peft_model
     elif method == "adaptive_init":
@@ -91,8 +102,8 @@ def setup(model, method: str, seed: int, groups: list[str] | None = None):
 
 def checkpoint_bytes(model, method: str) -> int:
     with tempfile.TemporaryDirectory() as folder:
-        if method in ("lora", "bitfit_lora", "handout_bitfitlora"):
-            model.save_pretrained(folder)  # the adapter only
+        if method in ("lora", "bitfit_lora", "handout_bitfitlora", "beft", "beft_all"):
+            model.save_pretrained(folder)  # the adapter only (with the head, for SEQ_CLS)
             return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
         if method in ("full", "random"):
             return int(bu.full_model_size_mb(model) * 1e6)  # a random mask touches whole tensors

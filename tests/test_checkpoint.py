@@ -1,5 +1,6 @@
 """Bias packs: safetensors, atomic, exact round trip, strict about the base model."""
 
+import json
 import os
 import struct
 
@@ -138,7 +139,8 @@ def test_extra_and_missing_keys_are_refused(tmp_path, pack):
     from safetensors.torch import load_file, save_file
 
     tensors, meta = bu.read_bias_checkpoint(pack)
-    raw = {k: (v if isinstance(v, str) else __import__("json").dumps(v)) for k, v in meta.items()}
+    # without the digest (as in packs older than it), so the key checks themselves are reached
+    raw = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items() if k != "digest"}
     extra = dict(tensors, **{"bert.encoder.layer.9.intermediate.dense.bias": torch.zeros(32)})
     save_file(extra, tmp_path / "extra.safetensors", metadata=raw)
     _expect_refusal(tiny_bert(), tmp_path / "extra.safetensors", "tensors this model lacks")
@@ -158,6 +160,42 @@ def test_truncated_and_foreign_files_are_refused(tmp_path, pack):
     save_file({"x": torch.zeros(2)}, tmp_path / "foreign.safetensors")
     _expect_refusal(tiny_bert(), tmp_path / "foreign.safetensors", "not a BitFit pack")
     _expect_refusal(tiny_bert(), tmp_path / "absent.safetensors", "Run 02-Train.ipynb first")
+
+
+def test_flipped_byte_in_the_data_is_refused_before_any_copy(tmp_path, pack):
+    data = bytearray(pack.read_bytes())
+    data_start = 8 + int.from_bytes(data[:8], "little")  # the tensor bytes follow the JSON header
+    for offset in (data_start, (data_start + len(data)) // 2, len(data) - 1):
+        flipped = bytearray(data)
+        flipped[offset] ^= 0x01  # one bit
+        (tmp_path / "flipped.safetensors").write_bytes(flipped)
+        _expect_refusal(tiny_bert(), tmp_path / "flipped.safetensors", "is damaged.*digest.*Copy the pack again")
+    with pytest.raises(ValueError, match="is damaged"):
+        bu.read_bias_checkpoint(tmp_path / "flipped.safetensors")
+
+
+def test_pack_without_digest_still_loads(tmp_path, inputs):
+    """Packs written before the digest existed carry no 'digest' key: they load unchecked."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tuned = _tune(tiny_bert())
+    path = bu.save_bias_checkpoint(tuned, tmp_path / "new.safetensors", task="mrpc")
+    with safe_open(str(path), "pt") as f:
+        raw = f.metadata()
+    assert len(raw.pop("digest")) == 64  # a SHA-256 hex digest
+    save_file(load_file(path), tmp_path / "old.safetensors", metadata=raw)
+    fresh = tiny_bert()
+    meta = bu.load_bias_checkpoint(fresh, tmp_path / "old.safetensors")
+    assert meta["digest"] == "" and meta["user"] == {"task": "mrpc"}
+    with torch.no_grad():
+        assert torch.equal(fresh(**inputs).logits, tuned(**inputs).logits)
+
+
+def test_metadata_that_is_not_json_is_refused_and_nothing_written(tmp_path):
+    with pytest.raises(ValueError, match="Metadata 'obj' \\(object\\) cannot be stored.*obj=str"):
+        bu.save_bias_checkpoint(_tune(tiny_bert()), tmp_path / "p.safetensors", task="mrpc", obj=object())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_switching_packs_in_place(tmp_path, inputs):

@@ -31,6 +31,11 @@ def test_trainable_counts_are_exactly_as_expected():
     # the handout's class loses every bias and the head: it is LoRA (r=4) alone
     lora_r4_alone = 2 * 2 * 4 * (16 + 16)  # layers x (query, value) x r x (in + out)
     assert c["handout_bitfitlora"] == lora_r4_alone
+    # BEFT: one vector per targeted Linear layer (value only by default; every attention/FFN one for beft_all)
+    assert c["beft"] == 2 * 16 + head
+    assert c["beft_all"] == 2 * (3 * 16 + 16 + 32 + 16) + head
+    assert c["beft_all"] == bu.apply_bitfit(tiny_bert(), ["query", "key", "value", "attention_output",
+                                                          "intermediate", "output"]).trainable
 
 
 def test_adaptive_init_overwrites_pretrained_biases():

@@ -53,6 +53,14 @@ def test_malformed_folder_names_file_and_line(tmp_path, rows, header, message):
         bu.load_mrpc(_folder(tmp_path, rows, header))
 
 
+def test_file_that_is_not_utf8_names_file_and_line(tmp_path):
+    folder = _folder(tmp_path, ["1\t1\t2\tA.\tB.\n", "0\t3\t4\tCaf\u00e9.\tD.\n"])
+    train = folder / "train.tsv"
+    train.write_bytes(train.read_text(encoding="utf-8").encode("latin-1", errors="ignore"))  # the BOM is lost too
+    with pytest.raises(ValueError, match=r"train.tsv, line 3: byte 0xe9 is not UTF-8.*Save the file as UTF-8"):
+        bu.load_mrpc(folder)
+
+
 def test_missing_file_and_folder(tmp_path):
     folder = _folder(tmp_path, ["1\t1\t2\tA.\tB.\n"])
     assert len(bu.load_mrpc(folder)["train"]) == 1
@@ -163,6 +171,11 @@ def test_predict_returns_labels_and_probabilities(tokenizer):
     labels, probs = bu.predict(model, tokenizer, pairs, batch_size=2)
     assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1)
     assert labels == [model.config.id2label[int(i)] for i in probs.argmax(1)]
+
+
+def test_predict_without_pairs_returns_empty_results(tokenizer):
+    labels, probs = bu.predict(tiny_bert(), tokenizer, [])
+    assert labels == [] and probs.shape == (0, 2)
 
 
 @pytest.mark.parametrize("pair", [("", "x"), ("x", "   "), ("x", None), ("only one",)])
