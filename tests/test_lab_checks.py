@@ -1,6 +1,9 @@
 """lab_checks: every exercise check says "correct" to a right answer, "not yet" to wrong and unfilled ones."""
 
 import copy
+import json
+import re
+from pathlib import Path
 
 import datasets
 import pytest
@@ -9,7 +12,7 @@ from transformers import BertConfig
 
 import bitfit_utils as bu
 import lab_checks as lc
-from conftest import tiny_bert
+from conftest import ROOT, tiny_bert
 
 
 def assert_not_yet(result, *fragments):
@@ -221,3 +224,32 @@ def test_wrong_pair(model, tokenizer):
     assert_not_yet(lc.check_wrong_pair(model, tokenizer, pair, other, known_pairs=[pair]), "from MRPC dev")
     assert_not_yet(lc.check_wrong_pair(model, tokenizer, pair, "yes"), "must be one of")
     assert_not_yet(lc.check_wrong_pair(model, tokenizer, ("the cat", " "), other), "two non-empty")
+
+
+# -- notebooks ----------------------------------------------------------------
+
+
+def cells_of(path: Path) -> list[tuple[str, str]]:
+    return [(c["cell_type"], "".join(c["source"])) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+
+
+def check_calls(cells) -> list[str]:
+    pattern = re.compile(r"lab_checks\.(check_\w+)\(")
+    return [name for kind, source in cells if kind == "code" for name in pattern.findall(source)]
+
+
+@pytest.mark.parametrize("notebook, minimum", [("01-Setup", 1), ("02-Train", 3), ("03-Inference", 3)])
+def test_each_notebook_ends_with_exercises_whose_solutions_assert_the_same_checks(notebook, minimum):
+    cells = cells_of(ROOT / f"{notebook}.ipynb")
+    start = next(i for i, (kind, source) in enumerate(cells) if kind == "markdown" and source.startswith("## 練習"))
+    assert not any(kind == "markdown" and source.startswith(("# ", "## ")) for kind, source in cells[start + 1:])
+    assert check_calls(cells[:start]) == []
+    exercises = check_calls(cells[start:])
+    assert len(exercises) >= minimum and len(set(exercises)) == len(exercises)
+    assert all(callable(getattr(lc, name, None)) for name in exercises)
+
+    solution = cells_of(ROOT / "solutions" / f"{notebook}-solutions.ipynb")
+    assert sorted(check_calls(solution)) == sorted(exercises)
+    asserted = [name for kind, source in solution if kind == "code"
+                for name in re.findall(r"^assert lab_checks\.(check_\w+)\(", source, re.M)]
+    assert sorted(asserted) == sorted(exercises)  # CI fails when a solution stops being correct
