@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for the whole lab.
 #   bash run.sh lab    set up .venv and execute the three notebooks in place (full run)
-#   bash run.sh test   set up .venv and run every test (unit tests, notebooks via nbval in
-#                      quick mode, benchmark and study smoke tests, and the notebooks' own setup
-#                      cell starting from a new venv that has only jupyter + ipykernel)
+#   bash run.sh test   set up .venv and run every test (unit tests, notebooks and exercise
+#                      solutions via nbval in quick mode, benchmark and study smoke tests, and the
+#                      notebooks' own setup cell starting from a new venv that has only jupyter + ipykernel)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,7 +35,8 @@ case "${1:-}" in
     setup
     export BITFIT_QUICK=1
     .venv/bin/python -m pytest -p no:cacheprovider tests/ -q
-    nbs=$(ls 0[123]-*.ipynb 2>/dev/null || true)
+    # the three notebooks first (03 and the solutions read the pack 02 writes), then the exercise solutions
+    nbs=$(ls 0[123]-*.ipynb solutions/*.ipynb 2>/dev/null || true)
     if [[ -n "$nbs" ]]; then
       .venv/bin/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env -q $nbs
     fi
