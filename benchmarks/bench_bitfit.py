@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bitfit_utils as bu  # noqa: E402
+from benchmarks.study_tools import peak_rss  # noqa: E402
 
 # "plain": BitFit selected by parameter name in plain PyTorch, to show bitfit_utils' path costs the same.
 METHODS = {"full": None, "bitfit": "all", "bitfit_qi": ["query", "intermediate"], "plain": "by-name"}
@@ -144,10 +145,10 @@ def memory_child(shape: str, method: str, bs: int, seq: int, quick: bool, dropou
     opt = prepare(model, method)
     inputs = batch(bs, seq, torch.device("cpu"))
     loaded = psutil.Process().memory_info().rss
-    bu.peak_rss(reset=True)  # measure the training steps, not the loading
+    peak_rss(reset=True)  # measure the training steps, not the loading
     for _ in range(3):
         step(model, opt, inputs, amp=False)
-    peak = bu.peak_rss()
+    peak = peak_rss()
     print(json.dumps({"loaded": loaded, "peak": peak, **memory_accounting(model, opt, inputs)}))
 
 
