@@ -292,10 +292,11 @@ def main() -> None:
         return
 
     device = bu.get_device()
+    hardware = f"cuda: {torch.cuda.get_device_name()}" if device.type == "cuda" else str(device)
     bs, seq = (8, 32) if args.quick else (32, 128)
     repeats = 3 if args.quick else 10
     shapes = args.shapes if args.shapes is not None else (["minilm"] if args.quick else ["minilm", "bert-base"])
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}",
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {hardware}",
                "torch": torch.__version__, "batch": bs, "seq_len": seq, "shapes": {}}
     print(f"# BitFit benchmark on {results['machine']} (torch {torch.__version__}), batch {bs}, length {seq}, fp32")
     for shape in shapes:
