@@ -828,7 +828,7 @@ def environment_report() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     report = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "datasets", "accelerate", "evaluate", "peft", "scikit-learn"):
+    for package in ("torch", "transformers", "datasets", "accelerate", "peft", "scikit-learn"):
         try:
             report[package] = version(package)
         except PackageNotFoundError:
