@@ -6,11 +6,11 @@ task head). This module holds everything the three notebooks share, in four part
 1. Selection: which bias belongs to which module role, ``apply_bitfit``, counting.
 2. Checkpoints: bias-only "packs" as safetensors, written atomically, verified on load.
 3. Loading: MRPC and the model, from the Hugging Face Hub or offline.
-4. Training and analysis: a ``Trainer`` set up for the lab, metrics, bias changes,
-   the comparison study's tables.
+4. Training and analysis: a ``Trainer`` set up for the lab and its history, timing and
+   file sizes (02), how far each bias moved and inference latency (03).
 
-Selection also holds LoRA (peft) and two recipes of the lab handout reproduced as
-written, so the notebooks can show what they really do.
+Selection also holds LoRA (peft), alone or with BitFit. The lab handout's two recipes, which
+02-Train shows and corrects, are reproduced as written in ``benchmarks/handout_recipes.py``.
 
 Every function is small and self-contained so students can read it in one go.
 """
@@ -491,43 +491,6 @@ def apply_lora(model: nn.Module, r: int = 8, bias: str = "none") -> nn.Module:
     return _get_peft_model(model, config)
 
 
-class HandoutBitFitLoRA(nn.Module):
-    """The lab handout's ``BitFitLoRA`` class, reproduced as written. Do not use it.
-
-    It freezes every non-bias weight (the head's weight too), then calls
-    ``get_peft_model`` with a default ``LoraConfig``, which freezes every
-    non-LoRA parameter again: no bias and no part of the head stays trainable.
-    The notebooks and ``benchmarks/compare_methods.py`` use it to show this.
-    """
-
-    def __init__(self, base_model: nn.Module, lora_r: int = 4):
-        from peft import LoraConfig
-
-        super().__init__()
-        self.base_model = base_model
-        for name, param in base_model.named_parameters():
-            if ".bias" not in name:
-                param.requires_grad = False
-        lora_config = LoraConfig(r=lora_r, target_modules=["query", "value"])
-        self.peft_model = _get_peft_model(self.base_model, lora_config)
-
-    def forward(self, **inputs):
-        return self.peft_model(**inputs)
-
-
-def handout_adaptive_bias_initialization(model: nn.Module, task_type: str) -> None:
-    """The lab handout's "adaptive bias initialisation", reproduced. Do not use it.
-
-    It draws every trainable bias afresh from N(0, 0.01) (classification), i.e.
-    it throws away the pre-trained biases BitFit is meant to fine-tune.
-    """
-    strategies = {"classification": {"std": 0.01, "mean": 0.0}, "generation": {"std": 0.02, "mean": 0.1}}
-    strategy = strategies.get(task_type, {"std": 0.01, "mean": 0.0})
-    for name, param in model.named_parameters():
-        if ".bias" in name and param.requires_grad:
-            nn.init.normal_(param, mean=strategy["mean"], std=strategy["std"])
-
-
 # ---------------------------------------------------------------------------
 # 2. Bias packs (checkpoints)
 # ---------------------------------------------------------------------------
@@ -993,7 +956,7 @@ def environment_report() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     report = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "datasets", "accelerate", "evaluate", "peft", "scikit-learn"):
+    for package in ("torch", "transformers", "datasets", "accelerate", "peft", "scikit-learn"):
         try:
             report[package] = version(package)
         except PackageNotFoundError:
@@ -1229,6 +1192,22 @@ def plot_history(history, title: str = "Training curves"):
     return fig
 
 
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    """``with timer() as t: ...`` then ``t["seconds"]`` holds the elapsed wall time."""
+    result: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield result
+    finally:
+        result["seconds"] = time.perf_counter() - start
+
+
+def file_size_mb(path: str | os.PathLike) -> float:
+    """Size of a file in megabytes (10^6 bytes)."""
+    return Path(path).stat().st_size / 1e6
+
+
 def bias_changes(base_model: nn.Module, tuned_model: nn.Module):
     """The paper's change measure per layer and bias group: ``(1/dim) * ||b0 - bF||_1``.
 
@@ -1272,30 +1251,6 @@ def plot_bias_changes(changes, title: str = "Bias change per layer and group"):
     return fig
 
 
-def load_study(folder: str | os.PathLike = "results") -> dict[str, Any]:
-    """Read the tables ``benchmarks/compare_methods.py`` wrote (methods, curve, groups, device check).
-
-    Returns:
-        ``{"methods": DataFrame, "curve": ..., "groups": ..., "device_check": ...}``; the last three
-        are ``None`` until those parts of the study have run (``device_check``: runs repeated on a
-        second device, see ``results/device_check/``).
-
-    Raises:
-        LabStepMissing: no ``methods.csv`` in ``folder``, with the command that makes it.
-    """
-    import pandas as pd
-
-    folder = Path(folder)
-    if not (folder / "methods.csv").exists():
-        raise LabStepMissing(f"No study results in '{folder}'. Run `python benchmarks/compare_methods.py` "
-                             "(hours on a CPU; `--report` rebuilds the tables from finished runs).")
-    tables: dict[str, Any] = {"methods": pd.read_csv(folder / "methods.csv", index_col="method")}
-    for name, index in (("curve", ["method", "fraction"]), ("groups", "group"), ("device_check", "run")):
-        path = folder / f"{name}.csv"
-        tables[name] = pd.read_csv(path, index_col=index) if path.exists() else None
-    return tables
-
-
 def median_latency(fn, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time of ``fn()`` in milliseconds (after ``warmup`` untimed calls)."""
     for _ in range(warmup):
@@ -1306,43 +1261,3 @@ def median_latency(fn, repeats: int = 20, warmup: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
-
-
-def file_size_mb(path: str | os.PathLike) -> float:
-    """Size of a file in megabytes (10^6 bytes)."""
-    return Path(path).stat().st_size / 1e6
-
-
-@contextmanager
-def timer() -> Iterator[dict[str, float]]:
-    """``with timer() as t: ...`` then ``t["seconds"]`` holds the elapsed wall time."""
-    result: dict[str, float] = {}
-    start = time.perf_counter()
-    try:
-        yield result
-    finally:
-        result["seconds"] = time.perf_counter() - start
-
-
-def peak_rss(reset: bool = False) -> int:
-    """Peak resident memory of this process in bytes (Linux: VmHWM; elsewhere ru_maxrss).
-
-    ``resource``'s ru_maxrss survives ``exec`` on Linux, so a child process started by
-    a big parent would report the parent's peak; VmHWM belongs to this process alone.
-
-    Args:
-        reset: on Linux, restart the high-water mark at the current RSS (so a later
-            call measures only what happens after this one).
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        if reset:
-            Path("/proc/self/clear_refs").write_text("5")
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bitfit_utils as bu  # noqa: E402
+from benchmarks.study_tools import peak_rss  # noqa: E402
 
 # "plain": BitFit selected by parameter name in plain PyTorch, to show bitfit_utils' path costs the same.
 METHODS = {"full": None, "bitfit": "all", "bitfit_qi": ["query", "intermediate"], "plain": "by-name"}
@@ -144,10 +145,10 @@ def memory_child(shape: str, method: str, bs: int, seq: int, quick: bool, dropou
     opt = prepare(model, method)
     inputs = batch(bs, seq, torch.device("cpu"))
     loaded = psutil.Process().memory_info().rss
-    bu.peak_rss(reset=True)  # measure the training steps, not the loading
+    peak_rss(reset=True)  # measure the training steps, not the loading
     for _ in range(3):
         step(model, opt, inputs, amp=False)
-    peak = bu.peak_rss()
+    peak = peak_rss()
     print(json.dumps({"loaded": loaded, "peak": peak, **memory_accounting(model, opt, inputs)}))
 
 
@@ -291,10 +292,11 @@ def main() -> None:
         return
 
     device = bu.get_device()
+    hardware = f"cuda: {torch.cuda.get_device_name()}" if device.type == "cuda" else str(device)
     bs, seq = (8, 32) if args.quick else (32, 128)
     repeats = 3 if args.quick else 10
     shapes = args.shapes if args.shapes is not None else (["minilm"] if args.quick else ["minilm", "bert-base"])
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}",
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {hardware}",
                "torch": torch.__version__, "batch": bs, "seq_len": seq, "shapes": {}}
     print(f"# BitFit benchmark on {results['machine']} (torch {torch.__version__}), batch {bs}, length {seq}, fp32")
     for shape in shapes:

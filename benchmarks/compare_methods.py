@@ -28,6 +28,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import bitfit_utils as bu  # noqa: E402
+from benchmarks.handout_recipes import HandoutBitFitLoRA, handout_adaptive_bias_initialization  # noqa: E402
+from benchmarks.study_tools import peak_rss  # noqa: E402
 
 # name: (learning rate, epochs, why). Every parameter-efficient method gets the same 7 epochs
 # (805 steps at batch 32), 02-Train's BitFit budget; frozen and full FT keep 02-Train's 3 epochs.
@@ -91,10 +93,10 @@ def setup(model, method: str, seed: int, groups: list[str] | None = None):
     elif method == "beft_all":
         model = bu.apply_beft(model, bu.BEFT_BERT_ALL_LINEAR)
     elif method == "handout_bitfitlora":
-        model = bu.HandoutBitFitLoRA(model).peft_model
+        model = HandoutBitFitLoRA(model).peft_model
     elif method == "adaptive_init":
         bu.apply_bitfit(model)
-        bu.handout_adaptive_bias_initialization(model, "classification")
+        handout_adaptive_bias_initialization(model, "classification")
     else:
         raise ValueError(f"unknown method {method!r}")
     return model, bu.count_parameters(model)[0]
@@ -147,7 +149,7 @@ def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
             "trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
             "checkpoint_bytes": checkpoint_bytes(model, spec["method"]),
             "train_s_per_epoch": seconds / epochs,
-            "peak_rss_mib": bu.peak_rss() / 2**20,
+            "peak_rss_mib": peak_rss() / 2**20,
             "cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "concurrent_runs": jobs,
             **bu._library_versions(),  # torch, transformers, safetensors: as in a bias pack's metadata

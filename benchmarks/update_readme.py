@@ -50,12 +50,22 @@ def status_line(results: Path) -> str:
         versions = "、".join(sorted({f"torch {r['torch']}、transformers {r['transformers']}" for r in gpu}))
         seeds = "、".join(str(s) for s in sorted({r["seed"] for r in gpu}))
         jobs = "、".join(str(j) for j in sorted({r["concurrent_runs"] for r in gpu}))
-        log = results / "gpu_study.txt"
-        walls = re.findall(r"study rc 0 after (\d+) s", log.read_text()) if log.exists() else []
-        line += (f"；其餘 {len(gpu)} 個（seed {seeds}）在借到的 GPU（{devices}；{versions}）上 {jobs} 個同時跑"
-                 + (f"，{len(walls)} 次呼叫的研究部分各花 {' 秒與 '.join(walls)} 秒（含安裝；`results/gpu_study.txt`）" if walls else "")
-                 + "，方法見 `benchmarks/gpu_kit/`")
+        walls = "、".join(f"{device} 上 {n} 個 run 花 {s} 秒" for device, n, s in gpu_walls(results / "gpu_study.txt"))
+        line += (f"；其餘 {len(gpu)} 個（seed {seeds}）在 GPU（{devices}；{versions}）上以 "
+                 f"`python benchmarks/compare_methods.py --jobs {jobs}` {jobs} 個同時跑"
+                 + (f"（{walls}；`results/gpu_study.txt`）" if walls else ""))
     return line
+
+
+def gpu_walls(log: Path) -> list[tuple[str, str, str]]:
+    """(device, runs, seconds) per GPU in results/gpu_study.txt ('## <device>: ...' then 'study: N runs in S s')."""
+    found, device = [], None
+    for text in log.read_text(encoding="utf-8").splitlines() if log.exists() else []:
+        if text.startswith("## "):
+            device = text[3:].split(":")[0]
+        elif match := re.fullmatch(r"study: (\d+) runs in (\d+) s", text):
+            found.append((device, *match.groups()))
+    return found
 
 
 def study_section(results: Path) -> str:
@@ -68,7 +78,7 @@ def study_section(results: Path) -> str:
 多 seed 與更多方法（LoRA、BitFit+LoRA、隨機參數、LayerNorm gain、講義的兩個配方）的比較：
 `python benchmarks/compare_methods.py`。每一個（方法、seed、訓練集比例）各自在新行程中訓練，結束就寫出
 `results/runs/<名稱>.json`（已提交，含裝置與套件版本）；再執行時會跳過已完成的部分，所以可以分多次跑完（順序是 seed 0 的所有部分先跑）。
-有 GPU 時可加 `--jobs N` 同時跑 N 個 run（此時不記錄時間，見下）。
+在任何一台有 GPU 的機器上，執行研究的方式是 `python benchmarks/compare_methods.py --jobs N`：同時跑 N 個 run（此時不記錄時間，見下）。
 `--report` 只重建 `results/methods.csv`、`methods.md`、`methods.png`（以及 `curve.*`、`groups.*`）。`--quick` 為冒煙測試（CI 中執行）。
 README 的這一節與下方「講義說法」清單由 `python benchmarks/update_readme.py` 從 `results/` 重寫，測試會檢查兩者一致。
 

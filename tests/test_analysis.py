@@ -55,34 +55,3 @@ def test_trainer_optimises_only_trainable_and_records_history(tmp_path, tokenize
     assert frozen_changed == []
     fig = bu.plot_history(history)
     assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in fig.axes)
-
-
-def test_peak_rss_is_this_process_not_the_parent():
-    """A child started by a big parent must not inherit the parent's peak (ru_maxrss does on Linux)."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    big = torch.ones(300 * 2**20 // 4)  # the parent holds ~300 MiB more than the child will
-    code = "import bitfit_utils as bu; print(bu.peak_rss())"
-    child = int(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                               check=True).stdout.split()[-1])
-    assert bu.peak_rss() - child > 200 * 2**20
-    del big
-    bu.peak_rss(reset=True)
-    before = bu.peak_rss()
-    grown = torch.ones(100 * 2**20 // 4)
-    assert bu.peak_rss() - before > 80 * 2**20
-    del grown
-
-
-def test_load_study_reads_tables_or_says_what_to_run(tmp_path):
-    with pytest.raises(bu.LabStepMissing, match="compare_methods.py"):
-        bu.load_study(tmp_path)
-    (tmp_path / "methods.csv").write_text("method,trainable,f1_mean\nbitfit,10,80.5\n")
-    tables = bu.load_study(tmp_path)
-    assert tables["methods"].loc["bitfit", "f1_mean"] == 80.5
-    assert tables["curve"] is None and tables["groups"] is None and tables["device_check"] is None
-    (tmp_path / "device_check.csv").write_text("run,device_a,f1_a,device_b,f1_b\nmain-full-s0,cpu,84.0,gpu,83.8\n")
-    assert bu.load_study(tmp_path)["device_check"].loc["main-full-s0", "device_b"] == "gpu"

@@ -1,9 +1,12 @@
-"""Smoke test of the benchmark script: it runs and reports every measurement (no timing asserts)."""
+"""The benchmark script runs and reports every measurement (no timing asserts); its memory probe is this process's own."""
 
 import json
 import subprocess
 import sys
 
+import torch
+
+from benchmarks.study_tools import peak_rss
 from conftest import ROOT
 
 
@@ -26,3 +29,18 @@ def test_bench_quick_reports_everything(tmp_path):
     assert 0 < bitfit["activations"] < full["activations"]  # no inputs saved for weight gradients
     # deterministic sizes: MiniLM pack = 26,882 fp32 values plus a small header
     assert 26_882 * 4 <= result["pack"]["pack_bytes"] < 0.002 * result["pack"]["full_bytes"]
+
+
+def test_peak_rss_is_this_process_not_the_parent():
+    """A child started by a big parent must not inherit the parent's peak (ru_maxrss does on Linux)."""
+    big = torch.ones(300 * 2**20 // 4)  # the parent holds ~300 MiB more than the child will
+    code = "from benchmarks.study_tools import peak_rss; print(peak_rss())"
+    child = int(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.split()[-1])
+    assert peak_rss() - child > 200 * 2**20
+    del big
+    peak_rss(reset=True)
+    before = peak_rss()
+    grown = torch.ones(100 * 2**20 // 4)
+    assert peak_rss() - before > 80 * 2**20
+    del grown

@@ -8,6 +8,7 @@ from transformers import (BertConfig, BertForSequenceClassification, DistilBertC
                           RobertaConfig, RobertaForSequenceClassification)
 
 import bitfit_utils as bu
+from benchmarks.handout_recipes import HandoutBitFitLoRA, handout_adaptive_bias_initialization
 from conftest import TINY, tiny_bert
 
 
@@ -206,7 +207,7 @@ def test_setup_method_baselines(model):
 def test_lora_groups_and_the_handouts_class_losing_biases():
     lora_all = bu.parameter_table(bu.apply_lora(tiny_bert(), r=4, bias="all"))
     lora_none = bu.parameter_table(bu.apply_lora(tiny_bert(), r=4, bias="none"))
-    handout = bu.parameter_table(bu.HandoutBitFitLoRA(tiny_bert(), lora_r=4).peft_model)
+    handout = bu.parameter_table(HandoutBitFitLoRA(tiny_bert(), lora_r=4).peft_model)
     lora_r4 = 2 * 2 * 4 * (16 + 16)  # layers x (query, value) x r x (in + out)
     bias_rows = [g for g in bu.BIAS_GROUPS if g in lora_all.index]
     assert (lora_all.loc[bias_rows, "trainable"] == lora_all.loc[bias_rows, "parameters"]).all()
@@ -222,7 +223,7 @@ def test_lora_groups_and_the_handouts_class_losing_biases():
 def test_handout_adaptive_init_replaces_pretrained_biases(model):
     bu.apply_bitfit(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith(".bias")}
-    bu.handout_adaptive_bias_initialization(model, "classification")
+    handout_adaptive_bias_initialization(model, "classification")
     after = dict(model.named_parameters())
     assert all(not torch.equal(before[n], after[n]) for n in before)
     drawn = torch.cat([after[n].detach().flatten() for n in before])
@@ -234,7 +235,7 @@ def test_handout_class_adapter_file_lacks_the_head(tmp_path):
     from safetensors import safe_open
 
     saved = {}
-    for name, model in (("handout", bu.HandoutBitFitLoRA(tiny_bert()).peft_model),
+    for name, model in (("handout", HandoutBitFitLoRA(tiny_bert()).peft_model),
                         ("lora", bu.apply_lora(tiny_bert()))):
         model.save_pretrained(tmp_path / name)
         with safe_open(str(next((tmp_path / name).glob("*.safetensors"))), "pt") as f:
