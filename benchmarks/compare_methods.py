@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import bitfit_utils as bu  # noqa: E402
 from benchmarks.handout_recipes import HandoutBitFitLoRA, handout_adaptive_bias_initialization  # noqa: E402
-from benchmarks.study_tools import peak_rss  # noqa: E402
+from benchmarks.study_tools import mask_gradients, peak_rss, random_parameter_mask  # noqa: E402
 
 # name: (learning rate, epochs, why). Every parameter-efficient method gets the same 7 epochs
 # (805 steps at batch 32), 02-Train's BitFit budget; frozen and full FT keep 02-Train's 3 epochs.
@@ -79,8 +79,8 @@ def setup(model, method: str, seed: int, groups: list[str] | None = None):
         head = [p for n, p in model.named_parameters() if groups[n] == "head"]
         head_count = sum(p.numel() for p in head)
         model.requires_grad_(False)
-        masks = bu.random_parameter_mask(model, bitfit_count - head_count, seed=seed)
-        bu.mask_gradients(model, masks)
+        masks = random_parameter_mask(model, bitfit_count - head_count, seed=seed)
+        mask_gradients(model, masks)
         for p in head:
             p.requires_grad = True
         return model, sum(int(m.sum()) for m in masks.values()) + head_count

@@ -22,7 +22,7 @@ import bitfit_utils as bu  # noqa: E402
 import compare_methods as cm  # noqa: E402
 
 # The seed-0 run files predate the device and version fields: this is where they ran.
-CPU_MACHINE = "本專案開發機（2 核 x86-64 CPU、無 GPU、torch 2.13.0 CPU 版、transformers 5.24.0；2026-11-26）"
+CPU_MACHINE = "一台 2 核 x86-64 CPU（無 GPU、torch 2.13.0 CPU 版、transformers 5.24.0；2026-11-26）"
 
 
 def md(results: Path, name: str) -> str:

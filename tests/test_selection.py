@@ -9,6 +9,7 @@ from transformers import (BertConfig, BertForSequenceClassification, DistilBertC
 
 import bitfit_utils as bu
 from benchmarks.handout_recipes import HandoutBitFitLoRA, handout_adaptive_bias_initialization
+from benchmarks.study_tools import mask_gradients, random_parameter_mask
 from conftest import TINY, tiny_bert
 
 
@@ -177,9 +178,9 @@ def test_random_mask_matches_count_without_replacement(model, inputs):
     n = bu.apply_bitfit(tiny_bert()).trainable
     for p in model.parameters():
         p.requires_grad = False
-    masks = bu.random_parameter_mask(model, n, seed=3)
+    masks = random_parameter_mask(model, n, seed=3)
     assert sum(int(m.sum()) for m in masks.values()) == n  # without replacement: exactly n distinct
-    bu.mask_gradients(model, masks)
+    mask_gradients(model, masks)
     for p in model.classifier.parameters():
         p.requires_grad = True
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -191,7 +192,7 @@ def test_random_mask_matches_count_without_replacement(model, inputs):
         param = dict(model.named_parameters())[name]
         assert torch.equal(param[~mask], before[name][~mask])
     with pytest.raises(ValueError, match="n must be"):
-        bu.random_parameter_mask(model, 0)
+        random_parameter_mask(model, 0)
 
 
 def test_setup_method_baselines(model):
