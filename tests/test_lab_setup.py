@@ -304,7 +304,7 @@ def test_ensure_ready_when_pip_fails(kernel):
 
 def test_ensure_ready_from_a_subfolder_moves_to_the_project(tmp_path, kernel, capsys, monkeypatch):
     project = copy_project(tmp_path / "lab")
-    (project / "solutions").mkdir()
+    (project / "solutions").mkdir(exist_ok=True)  # the project has solutions/ (copied, or not yet)
     fake = kernel({})
     ls.ensure_ready(ROOT, runner=fake.pip)  # install once
     monkeypatch.chdir(project / "solutions")
@@ -362,7 +362,7 @@ def test_setup_cell_on_simulated_colab_clones_then_reuses_the_clone(tmp_path, or
     assert second.returncode == 0, second.stderr
     assert "cloned" not in second.stdout and f"CWD {clone}" in second.stdout
     # a solutions notebook inside the clone
-    (clone / "solutions").mkdir()
+    (clone / "solutions").mkdir(exist_ok=True)  # committed with the project
     third = run_cell(clone / "solutions", origin, colab=True, extra=AFTER)
     assert third.returncode == 0 and f"CWD {clone}\n" in third.stdout, third.stderr
 
