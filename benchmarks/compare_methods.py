@@ -1,25 +1,40 @@
-"""A measured comparison of BitFit with other ways to fine-tune, on MRPC.
+"""The comparison study: BitFit against other ways to fine-tune on MRPC, each tuned the same way.
 
-Each (method, seed, train fraction) run happens in its own process (so its peak
-memory is its own) and writes results/runs/<run>.json the moment it ends; the
-runner skips runs whose file exists, so the study can be done in pieces.
+The rule (protocol 2). Every run trains on MRPC train minus a stratified 10 % validation split
+(``lab.data.selection_splits``), scores validation and GLUE dev after every epoch and logs both,
+with its training seconds, into its run file. The learning rate and the epoch are chosen on
+**validation MCC** (a constant prediction scores 0, so the majority class cannot win it); dev is
+reported only at the chosen point, so what is reported is never what was selected on.
 
-    python benchmarks/compare_methods.py --quick        # smoke test (CI), ~2 min
-    python benchmarks/compare_methods.py                # the full study (hours on a CPU)
-    python benchmarks/compare_methods.py --part main    # only the method table (also: curve, groups)
-    python benchmarks/compare_methods.py --report       # rebuild CSV, markdown and plots from finished runs
+Stages (``--plan`` lists every run, which are done, and the CPU time left):
+
+* ``grid``: each headline method at each rate of its grid, seed 0 (the same number of trials each);
+* ``seeds``: the chosen rate with more seeds (5 in all for BitFit, Full FT and LoRA, 3 for the rest);
+* ``ablation``: variants of BitFit or LoRA at the chosen recipe of the method they change, 3 seeds;
+* ``tta``: BitFit and Full FT at their chosen settings, run alone, for time-to-accuracy.
+
+A stage waits until the grid it depends on is complete. Each run happens in its own process and
+writes ``results/runs/<run>.json`` the moment it ends (a killed run leaves nothing and is redone).
+
+    python benchmarks/compare_methods.py --plan              # what is done and left, CPU hours left
+    python benchmarks/compare_methods.py                     # run what is left (resumable)
+    python benchmarks/compare_methods.py --jobs 2 --threads 1   # a 2-core CPU (bench_parallel.py: faster)
+    python benchmarks/compare_methods.py --jobs 8            # a GPU: 8 runs at a time
+    python benchmarks/compare_methods.py --report            # tables and plot from the finished runs
+    python benchmarks/compare_methods.py --quick --out DIR   # smoke test (CI)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,49 +45,63 @@ sys.path.insert(0, str(ROOT))
 import bitfit_utils as bu  # noqa: E402
 from benchmarks.handout_recipes import HandoutBitFitLoRA, handout_adaptive_bias_initialization  # noqa: E402
 from benchmarks.study_tools import mask_gradients, peak_rss, random_parameter_mask  # noqa: E402
+from lab.analysis import full_model_size_mb  # noqa: E402
+from lab.data import selection_splits, load_mrpc, tokenize_pairs  # noqa: E402
+from lab.methods import BEFT_BERT_ALL_LINEAR, apply_beft, apply_lora, setup_method  # noqa: E402
+from lab.models import OFFLINE_MODEL, load_model  # noqa: E402
+from lab.training import history_frame, make_trainer, set_seed  # noqa: E402
 
-# name: (learning rate, epochs, why). Every parameter-efficient method gets the same 7 epochs
-# (805 steps at batch 32), 02-Train's BitFit budget; frozen and full FT keep 02-Train's 3 epochs.
-METHODS = {
-    "frozen": (1e-3, 3, "02-Train's setting: only the head learns; a large rate is safe for one linear layer"),
-    "bitfit": (1e-3, 7, "02-Train's setting: biases need ~20x the full-FT rate; >= 3e-3 stalled at the "
-                        "majority class on this model in calibration runs"),
-    "bitfit_qi": (1e-3, 7, "same as BitFit"),
-    "bitfit_ln": (1e-3, 7, "same as BitFit; LayerNorm gains are 1-D vectors like biases"),
-    "random": (1e-3, 7, "same budget and rate as BitFit, random scalars instead of biases"),
-    "lora": (5e-4, 7, "a usual LoRA rate for BERT-size encoders (LoRA paper: 4e-4 to 5e-4 on GLUE)"),
-    "bitfit_lora": (5e-4, 7, "LoRA's rate; biases also train through LoraConfig(bias='all')"),
-    "handout_bitfitlora": (5e-4, 7, "the handout's class as written (its biases end up frozen)"),
-    # BEFT (peft's BeftConfig) adds a zero vector b' to a Linear layer's output, y = W x + b + b': b' gets
-    # exactly the bias gradient, and with Adam and no weight decay its steps are the ones BitFit takes on
-    # b (tests/test_families.py checks one step). So BitFit's rate is the equal-budget choice.
-    "beft": (1e-3, 7, "BitFit's rate: BEFT trains additive bias vectors (peft's default targets: the value "
-                      "projections)"),
-    "beft_all": (1e-3, 7, "BitFit's rate: BEFT vectors on every attention/FFN Linear layer, i.e. BitFit "
-                          "without the LayerNorm and pooler biases"),
-    "full": (5e-5, 3, "02-Train's setting: the usual full fine-tuning rate for BERT-size encoders"),
-    "adaptive_init": (1e-3, 7, "BitFit's setting, after the handout's adaptive_bias_initialization"),
-}
-SEEDS = (0, 1, 2)
-GROUP_SEEDS = SEEDS  # seed 0 ran on the 2-core CPU (~9 min a run), seeds 1-2 on a GPU
-FRACTIONS = (0.1, 0.25, 0.5, 1.0)
-BATCH_SIZE = 32
+PROTOCOL = 2
 RESULTS = ROOT / "results"
+BATCH_SIZE = 32
 
 
-def setup(model, method: str, seed: int, groups: list[str] | None = None):
+@dataclass(frozen=True)
+class Method:
+    """How a method is tuned: its learning-rate grid (headline) or its parent (ablation), and its budget."""
+
+    epochs: int  # the most epochs a run trains; the epoch kept is chosen on validation
+    why: str
+    lrs: tuple[float, ...] = ()  # headline methods: the grid, one trial per rate
+    parent: str | None = None  # ablations: the method whose chosen rate and epochs they use
+    seeds: int = 3  # seeds at the chosen setting, seed 0 (the grid's) included
+
+
+# Every headline method gets three rates, a factor of about 3 apart, centred on the usual rate for
+# its kind of parameters; the parameter-efficient ones get 6 epochs (BitFit at 1e-3 needed about 4
+# to leave the majority class in earlier runs on this model), Full FT 4 (it fits in 2-3).
+METHODS: dict[str, Method] = {
+    "frozen": Method(6, "one linear layer on frozen features tolerates large rates", (1e-3, 3e-3, 1e-2)),
+    "bitfit": Method(6, "the BitFit paper tunes 1e-4 to 1e-3; biases need ~20x the full-FT rate",
+                     (3e-4, 1e-3, 3e-3), seeds=5),
+    "full": Method(4, "the usual BERT grid (2e-5 to 5e-5) and one step up for a 6-layer model",
+                   (2e-5, 5e-5, 1e-4), seeds=5),
+    "lora": Method(6, "around the LoRA paper's 4e-4 to 5e-4 for base-size encoders (r=8 on query, value)",
+                   (1e-4, 3e-4, 1e-3), seeds=5),
+    "beft": Method(6, "BEFT's vectors get exactly the bias gradient (tests/test_families.py): BitFit's grid",
+                   (3e-4, 1e-3, 3e-3)),
+    "beft_all": Method(6, "as beft, on every attention/FFN Linear layer", (3e-4, 1e-3, 3e-3)),
+    "bitfit_qi": Method(6, "BitFit's recipe on b_q and b_m2 (query, intermediate) only", parent="bitfit"),
+    "random": Method(6, "BitFit's recipe on as many random scalars as BitFit trains", parent="bitfit"),
+    "adaptive_init": Method(6, "BitFit's recipe after the handout's adaptive_bias_initialization",
+                            parent="bitfit"),
+    "bitfit_lora": Method(6, "LoRA's recipe; the biases also train (LoraConfig(bias='all'))", parent="lora"),
+    "handout_bitfitlora": Method(6, "LoRA's recipe, the handout's class as written (its biases end up frozen)",
+                                 parent="lora"),
+}
+HEADLINE = [m for m, spec in METHODS.items() if spec.parent is None]
+TTA_METHODS = ("bitfit", "full")
+#: Seconds per epoch (training and both evaluations, 2 threads) until runs of a method have measured it.
+EPOCH_S_GUESS = {"frozen": 40.0, "full": 120.0}
+EPOCH_S_DEFAULT = 90.0
+
+
+def setup(model, method: str, seed: int):
     """Prepare ``model`` for ``method``; return (model to train, trainable scalar count)."""
-    if groups is not None:
-        bu.apply_bitfit(model, groups)
-    elif method in ("frozen", "full", "bitfit"):
-        bu.setup_method(model, method)
+    if method in ("frozen", "full", "bitfit"):
+        setup_method(model, method)
     elif method == "bitfit_qi":
         bu.apply_bitfit(model, ["query", "intermediate"])
-    elif method == "bitfit_ln":
-        bu.apply_bitfit(model)
-        for name, module in model.named_modules():
-            if isinstance(module, nn.LayerNorm):
-                module.weight.requires_grad = True
     elif method == "random":
         bitfit_count = bu.apply_bitfit(model).trainable
         groups = bu.parameter_groups(model)
@@ -85,13 +114,13 @@ def setup(model, method: str, seed: int, groups: list[str] | None = None):
             p.requires_grad = True
         return model, sum(int(m.sum()) for m in masks.values()) + head_count
     elif method == "lora":
-        model = bu.apply_lora(model, bias="none")
+        model = apply_lora(model, bias="none")
     elif method == "bitfit_lora":
-        model = bu.apply_lora(model, bias="all")
+        model = apply_lora(model, bias="all")
     elif method == "beft":
-        model = bu.apply_beft(model)
+        model = apply_beft(model)
     elif method == "beft_all":
-        model = bu.apply_beft(model, bu.BEFT_BERT_ALL_LINEAR)
+        model = apply_beft(model, BEFT_BERT_ALL_LINEAR)
     elif method == "handout_bitfitlora":
         model = HandoutBitFitLoRA(model).peft_model
     elif method == "adaptive_init":
@@ -103,239 +132,185 @@ def setup(model, method: str, seed: int, groups: list[str] | None = None):
 
 
 def checkpoint_bytes(model, method: str) -> int:
+    """Bytes on disk of what a trained run must keep: the adapter, the bias pack or the whole model."""
     with tempfile.TemporaryDirectory() as folder:
         if method in ("lora", "bitfit_lora", "handout_bitfitlora", "beft", "beft_all"):
             model.save_pretrained(folder)  # the adapter only (with the head, for SEQ_CLS)
             return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
         if method in ("full", "random"):
-            return int(bu.full_model_size_mb(model) * 1e6)  # a random mask touches whole tensors
-        if method == "bitfit_ln":  # LayerNorm gains are not biases: store the trainable tensors directly
-            from safetensors.torch import save
-
-            return len(save({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}))
+            return int(full_model_size_mb(model) * 1e6)  # a random mask touches whole tensors
         return bu.save_bias_checkpoint(model, Path(folder) / "p.safetensors").stat().st_size
 
 
+def _commit() -> str:
+    """The commit of the code that runs (the study runs from a worktree pinned at one)."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return proc.stdout.strip() + ("-dirty" if dirty else "") if proc.returncode == 0 else "unknown"
+
+
 def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
-    """Train one configuration and return its measurements (``jobs``: runs sharing the machine meanwhile)."""
-    bu.set_seed(spec["seed"])
-    data = bu.load_mrpc()
-    model, tokenizer = bu.load_model(bu.OFFLINE_MODEL, verbose=False)
+    """Train one configuration; return its settings and per-epoch log (``jobs``: runs sharing the machine)."""
+    set_seed(spec["seed"])
+    splits = selection_splits(load_mrpc())
+    model, tokenizer = load_model(OFFLINE_MODEL, verbose=False)
     total = bu.count_parameters(model)[1]
-    model, trainable = setup(model, spec["method"], spec["seed"], spec.get("groups"))
-    encoded = bu.tokenize_pairs(data, tokenizer)
-    pool = 64 if quick else len(encoded["train"])
-    n_train = int(round(spec["fraction"] * pool))
-    train = encoded["train"].shuffle(seed=spec["seed"]).select(range(n_train))
-    dev = encoded["validation"].select(range(64)) if quick else encoded["validation"]
-    lr, epochs, _ = METHODS[spec["method"]]
-    epochs = 1 if quick else epochs
-    overrides = {}
-    if spec["fraction"] < 1:
-        # A smaller train set gets the same optimizer steps, schedule and evaluation points as the full-data
-        # run (epochs x full-data epoch length); with a fixed epoch count 10 % of MRPC would get 84 steps.
-        full_epoch = math.ceil(pool / BATCH_SIZE)
-        overrides = {"max_steps": epochs * full_epoch}
-        for kind in ("eval", "save", "logging"):
-            overrides.update({f"{kind}_strategy": "steps", f"{kind}_steps": full_epoch})
+    model, trainable = setup(model, spec["method"], spec["seed"])
+    encoded = tokenize_pairs(splits, tokenizer)
+    train, validation, dev = encoded["train"], encoded["validation"], encoded["dev"]
+    if quick:
+        train, validation, dev = train.select(range(64)), validation.select(range(32)), dev.select(range(32))
+    epochs = 1 if quick else METHODS[spec["method"]].epochs
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as out:
-        trainer = bu.make_trainer(model, tokenizer, train, dev, out, learning_rate=lr, epochs=epochs,
-                                  batch_size=BATCH_SIZE, seed=spec["seed"], disable_tqdm=True, **overrides)
+        trainer = make_trainer(model, tokenizer, train, {"validation": validation, "dev": dev}, out,
+                               learning_rate=spec["lr"], epochs=epochs, batch_size=BATCH_SIZE, seed=spec["seed"],
+                               select_by=None, disable_tqdm=True)
         start = time.perf_counter()
         trainer.train()
-        seconds = time.perf_counter() - start
-        metrics = trainer.evaluate()
-    return {**spec, "lr": lr, "epochs": epochs, "steps": trainer.state.global_step, "train_pairs": n_train,
+        wall = time.perf_counter() - start
+    history = history_frame(trainer)
+    log = [{"epoch": float(e), "train_seconds": row["train_seconds"], "train_loss": row.get("train_loss"),
+            **{f"{split}_{metric}": row[f"eval_{split}_{metric}"] for split in ("validation", "dev")
+               for metric in ("loss", "accuracy", "f1", "mcc")}}
+           for e, row in history.iterrows()]
+    labels, dev_labels = validation["label"], dev["label"]
+    return {**spec, "protocol": PROTOCOL, "commit": _commit(), "epochs": epochs, "steps": trainer.state.global_step,
+            "train_pairs": len(train), "validation_pairs": len(validation), "dev_pairs": len(dev),
+            "validation_majority": max(sum(labels), len(labels) - sum(labels)) / len(labels),
+            "dev_positive_share": sum(dev_labels) / len(dev_labels),
             "trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
-            "checkpoint_bytes": checkpoint_bytes(model, spec["method"]),
-            "train_s_per_epoch": seconds / epochs,
-            "peak_rss_mib": peak_rss() / 2**20,
+            "checkpoint_bytes": checkpoint_bytes(model, spec["method"]), "wall_seconds": wall,
+            "peak_rss_mib": peak_rss() / 2**20, "threads": torch.get_num_threads(), "concurrent_runs": jobs,
+            "loadavg_1min": [load_before[0], os.getloadavg()[0]],
             "cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "concurrent_runs": jobs,
-            **bu._library_versions(),  # torch, transformers, safetensors: as in a bias pack's metadata
-            "dev_accuracy": 100 * metrics["eval_accuracy"], "dev_f1": 100 * metrics["eval_f1"]}
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            **bu.library_versions(), "log": log}
 
 
-def plan(part: str, quick: bool) -> list[dict]:
-    seeds = SEEDS[:1] if quick else SEEDS
-    runs = []
-    if part in ("all", "main"):
-        runs += [{"part": "main", "method": m, "seed": s, "fraction": 1.0} for s in seeds for m in METHODS]
-    if part in ("all", "curve"):
-        fractions = (0.5,) if quick else FRACTIONS[:-1]  # --quick: one point, to exercise the code path
-        methods = ("bitfit",) if quick else ("bitfit", "full")
-        runs += [{"part": "curve", "method": m, "seed": s, "fraction": f}
-                 for s in seeds for f in fractions for m in methods]
-    if part in ("all", "groups") and not quick:
-        runs += [{"part": "groups", "method": "bitfit", "groups": [g], "seed": s, "fraction": 1.0}
-                 for s in GROUP_SEEDS for g in bu.BIAS_GROUPS[:10]]
-    # seed-major across parts: a study stopped part-way has every method, fraction and group for seed 0 first
-    runs.sort(key=lambda r: r["seed"])
-    for r in runs:
-        r["name"] = "-".join([r["part"], r["method"], *r.get("groups", []), f"s{r['seed']}", f"f{r['fraction']}"])
-    return runs
+# ----- selection ----------------------------------------------------------------
 
 
-def _cell(value, digits: int | None = None) -> str:
-    if isinstance(value, float) and value != value:
-        return "–"  # NaN: e.g. the std of a single seed
-    if digits is not None:
-        return f"{value:,.{digits}f}"  # a fixed number of decimals: 84.0, not 84
-    if isinstance(value, (int, float)) and float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return str(value)
+def kept(run: dict) -> dict:
+    """The epoch the rule keeps: best validation MCC, then validation accuracy, then the earliest."""
+    return max(run["log"], key=lambda e: (e["validation_mcc"], e["validation_accuracy"], -e["epoch"]))
 
 
-def markdown(table, digits: dict[str, int] | None = None) -> str:
-    """A DataFrame as a GitHub markdown table (no extra dependency); ``digits`` fixes decimals per column."""
-    digits = digits or {}
-    lines = ["| " + " | ".join([table.index.name or "", *map(str, table.columns)]) + " |",
-             "|" + "---|" * (len(table.columns) + 1)]
-    lines += ["| " + " | ".join([str(i), *(_cell(v, digits.get(c)) for c, v in zip(table.columns, row))]) + " |"
-              for i, row in zip(table.index, table.itertuples(index=False))]
-    return "\n".join(lines) + "\n"
+def choose(runs: list[dict]) -> dict[str, float]:
+    """The chosen learning rate of every headline method whose grid is complete (on validation only)."""
+    chosen = {}
+    for method in HEADLINE:
+        grid = {r["lr"]: r for r in runs if r["part"] == "grid" and r["method"] == method}
+        if grid and set(grid) >= set(_grid_lrs(method, quick=runs[0].get("quick", False))):
+            best = max(grid.values(), key=lambda r: (kept(r)["validation_mcc"], kept(r)["validation_accuracy"],
+                                                     -r["lr"]))
+            chosen[method] = best["lr"]
+    return chosen
 
 
-def report(folder: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    rows = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
-    if not rows:
-        print("no finished runs yet")
-        return
-    frame = pd.DataFrame(rows)
-    # Run files from before these fields existed were all written by single runs on a CPU.
-    for column, default in (("device", "cpu"), ("concurrent_runs", 1)):
-        frame[column] = frame[column].fillna(default) if column in frame else default
-    frame["concurrent_runs"] = frame["concurrent_runs"].astype(int)  # NaN made it float
-    frame.to_csv(folder / "runs.csv", index=False)
-    main = frame[frame.part == "main"]
-    table = main.groupby("method", sort=False).agg(
-        lr=("lr", "first"), epochs=("epochs", "first"), trainable=("trainable", "first"),
-        trainable_pct=("trainable_pct", "first"),
-        checkpoint_mb=("checkpoint_bytes", lambda b: b.iloc[0] / 1e6), acc_mean=("dev_accuracy", "mean"),
-        acc_std=("dev_accuracy", "std"), f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"),
-        seeds=("seed", "count"))
-    # Time and RSS are only comparable between runs that had the same machine to themselves: they come from
-    # CPU runs made one at a time (GPU ones in their own column). CUDA memory is per process, so every GPU run counts.
-    on_gpu = main.device != "cpu"
-    alone = main.concurrent_runs == 1
-    position = table.columns.get_loc("checkpoint_mb") + 1
-    for column, runs, field in (("cuda_max_mib", main[on_gpu], "cuda_max_allocated_mib"),
-                                ("gpu_s_per_epoch", main[on_gpu & alone], "train_s_per_epoch"),
-                                ("peak_rss_mib", main[~on_gpu & alone], "peak_rss_mib"),
-                                ("s_per_epoch", main[~on_gpu & alone], "train_s_per_epoch")):
-        if not runs.empty:
-            table.insert(position, column, runs.groupby("method", sort=False)[field].mean())
-    table["devices"] = main.groupby("method", sort=False)["device"].agg(_devices)
-    table = table.reindex([m for m in METHODS if m in table.index])  # the order of METHODS
-    table.to_csv(folder / "methods.csv")
-    (folder / "methods.md").write_text(markdown(table, {
-        "trainable_pct": 3, "checkpoint_mb": 3, "s_per_epoch": 1, "gpu_s_per_epoch": 1, "peak_rss_mib": 0,
-        "cuda_max_mib": 0,
-        "acc_mean": 1, "acc_std": 1, "f1_mean": 1, "f1_std": 1}))
-    print(table.round(3).to_string())
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.bar(table.index, table.f1_mean, yerr=table.f1_std.fillna(0))
-    ax.set(title="MRPC dev F1 by method (mean ± std over seeds)", xlabel="method", ylabel="dev F1 (%)")
-    ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    fig.savefig(folder / "methods.png", dpi=120)
-    plt.close(fig)
-    report_curve(frame, folder, plt)
-    report_groups(frame, folder)
-    report_device_check(frame, folder)
+def _grid_lrs(method: str, quick: bool) -> tuple[float, ...]:
+    lrs = METHODS[method].lrs
+    return lrs[:2] if quick and method == "bitfit" else lrs[:1] if quick else lrs
 
 
-def _devices(devices) -> str:
-    """Where a table row's runs ran, e.g. 'cpu x1, NVIDIA H100 80GB HBM3 x2'."""
-    return ", ".join(f"{name} x{count}" for name, count in devices.value_counts(sort=False).items())
+def _name(part: str, method: str, lr: float | None, seed: int) -> str:
+    return f"{part}-{method}-lr{lr:g}-s{seed}" if lr is not None else f"{part}-{method}-lr?-s{seed}"
 
 
-def _remove_stale(folder: Path, part: str) -> None:
-    """No runs of ``part`` (any more): drop its old tables and plot so nothing reports runs that are gone."""
-    for suffix in (".csv", ".md", ".png"):
-        (folder / f"{part}{suffix}").unlink(missing_ok=True)
+def plan(runs: list[dict], quick: bool = False) -> list[dict]:
+    """Every run of the protocol; ``lr`` is None where it waits for a grid to be complete."""
+    chosen = choose(runs) if runs else {}
+    specs = [{"part": "grid", "method": m, "lr": lr, "seed": 0} for m in HEADLINE for lr in _grid_lrs(m, quick)]
+    for method in HEADLINE:
+        seeds = (2 if method == "bitfit" else 1) if quick else METHODS[method].seeds
+        specs += [{"part": "seeds", "method": method, "lr": chosen.get(method), "seed": s} for s in range(1, seeds)]
+    for method, spec in METHODS.items():
+        if spec.parent:
+            specs += [{"part": "ablation", "method": method, "lr": chosen.get(spec.parent), "seed": s}
+                      for s in range(1 if quick else 3)]
+    specs += [{"part": "tta", "method": m, "lr": chosen.get(m), "seed": 0} for m in TTA_METHODS]
+    for s in specs:
+        s["name"] = _name(s["part"], s["method"], s["lr"], s["seed"])
+        s["quick"] = quick
+    return specs
 
 
-def report_curve(frame, folder: Path, plt) -> None:
-    """Train-size curve (paper Fig. 2): BitFit vs full FT, dev F1 against the share of MRPC train."""
-    if not (frame.part == "curve").any():
-        _remove_stale(folder, "curve")
-        return
-    runs = frame[(frame.part == "curve") | ((frame.part == "main") & frame.method.isin(["bitfit", "full"]))]
-    curve = runs.groupby(["method", "fraction"]).agg(f1_mean=("dev_f1", "mean"), f1_std=("dev_f1", "std"),
-                                                     acc_mean=("dev_accuracy", "mean"),
-                                                     acc_std=("dev_accuracy", "std"), seeds=("seed", "count"),
-                                                     devices=("device", _devices))
-    curve.to_csv(folder / "curve.csv")
-    (folder / "curve.md").write_text(markdown(curve.reset_index().set_index("method"),
-                                              {"fraction": 2, "f1_mean": 1, "f1_std": 1, "acc_mean": 1, "acc_std": 1}))
-    # F1 beside accuracy: predicting "equivalent" for every pair already scores a high F1 on MRPC, so a point
-    # that learned nothing is easier to see in accuracy.
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, metric, label in zip(axes, ("f1", "acc"), ("dev F1 (%)", "dev accuracy (%)")):
-        for method, part in curve.reset_index().groupby("method"):
-            ax.errorbar(100 * part.fraction, part[f"{metric}_mean"], yerr=part[f"{metric}_std"].fillna(0),
-                        marker="o", capsize=3, label=method)
-        ax.set(title=f"MRPC {label.split(' (')[0]} vs training-set size", xlabel="% of MRPC train used", ylabel=label)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "curve.png", dpi=120)
-    plt.close(fig)
+def read_runs(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
 
 
-def report_groups(frame, folder: Path) -> None:
-    """BitFit with one bias group at a time, ranked by dev F1 (then accuracy)."""
-    runs = frame[frame.part == "groups"].copy()
-    if runs.empty:
-        _remove_stale(folder, "groups")
-        return
-    runs["group"] = runs["groups"].map(lambda g: g[0])
-    table = runs.groupby("group").agg(trainable=("trainable", "first"), f1_mean=("dev_f1", "mean"),
-                                      f1_std=("dev_f1", "std"), acc_mean=("dev_accuracy", "mean"),
-                                      acc_std=("dev_accuracy", "std"), seeds=("seed", "count"),
-                                      devices=("device", _devices))
-    table = table.sort_values(["f1_mean", "acc_mean"], ascending=False)  # accuracy breaks F1 ties
-    table.to_csv(folder / "groups.csv")
-    (folder / "groups.md").write_text(markdown(table, {"f1_mean": 1, "f1_std": 1, "acc_mean": 1, "acc_std": 1}))
+def epoch_seconds(runs: list[dict]) -> dict[str, float]:
+    """Machine seconds per epoch (training and evaluations) per method, measured on this CPU."""
+    seconds: dict[str, list[float]] = {}
+    for r in runs:  # k runs side by side each took k times their share of the machine
+        if r["device"] == "cpu" and not r.get("quick"):
+            seconds.setdefault(r["method"], []).append(r["wall_seconds"] / r["epochs"] / r["concurrent_runs"])
+    return {m: sum(v) / len(v) for m, v in seconds.items()}
 
 
-def report_device_check(frame, folder: Path) -> None:
-    """Runs repeated on another device (results/device_check/<run>.json) beside the same run in runs/."""
-    import pandas as pd
+def show_plan(folder: Path, quick: bool) -> None:
+    """Print every run, done or not, and the CPU hours left (from measured seconds per epoch)."""
+    runs = read_runs(folder)
+    measured = epoch_seconds(runs)
+    done = {r["name"] for r in runs}
+    left_s, rows = 0.0, []
+    for spec in plan(runs, quick):
+        method = spec["method"]
+        per_epoch = measured.get(method) or measured.get(METHODS[method].parent or "") or EPOCH_S_GUESS.get(
+            method, EPOCH_S_DEFAULT)
+        seconds = per_epoch * METHODS[method].epochs
+        state = "done" if spec["name"] in done else "waits for grid" if spec["lr"] is None else "to run"
+        if state != "done":
+            left_s += seconds
+        rows.append(f"{state:15} {spec['name']:40} ~{seconds / 60:5.1f} min")
+    print("\n".join(rows))
+    n_done = sum(r.startswith("done") for r in rows)
+    basis = ", ".join(f"{m} {s:.0f} s" for m, s in sorted(measured.items())) or "none measured yet: guesses"
+    print(f"\n{n_done} of {len(rows)} runs done; about {left_s / 3600:.1f} hours of this CPU left "
+          f"(seconds per epoch measured: {basis}).")
 
-    checks = [json.loads(p.read_text()) for p in sorted((folder / "device_check").glob("*.json"))]
-    if not checks:
-        return
-    runs = frame.set_index("name")
-    rows = []
-    for check in checks:
-        first = runs.loc[check["name"]]
-        rows.append({"run": check["name"], "device_a": first["device"], "acc_a": first["dev_accuracy"],
-                     "f1_a": first["dev_f1"], "device_b": check["device"], "acc_b": check["dev_accuracy"],
-                     "f1_b": check["dev_f1"], "acc_diff": check["dev_accuracy"] - first["dev_accuracy"],
-                     "f1_diff": check["dev_f1"] - first["dev_f1"]})
-    table = pd.DataFrame(rows).set_index("run")
-    table.to_csv(folder / "device_check.csv")
-    (folder / "device_check.md").write_text(markdown(table, {c: 2 for c in table.columns if c[:3] in ("acc", "f1_")}))
+
+# ----- the runner -----------------------------------------------------------------
+
+
+def run_left(folder: Path, quick: bool, jobs: int, threads: int | None) -> None:
+    """Run every run whose settings are known and that has no file yet; repeat as grids complete."""
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+
+    def start(spec: dict) -> None:
+        alone = spec["part"] == "tta"  # time-to-accuracy: one run at a time, every thread
+        n, t = (1, None) if alone else (jobs, threads)
+        print(f"run {spec['name']}", flush=True)
+        cmd = [sys.executable, __file__, "--run", json.dumps(spec), "--out", str(folder), "--jobs", str(n)]
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(t)} if t else {})}
+        subprocess.run(cmd + (["--quick"] if quick else []) + (["--threads", str(t)] if t else []),
+                       check=True, env=env)
+
+    while True:
+        done = {p.stem for p in (folder / "runs").glob("*.json")}
+        # tta runs measure time: they wait until everything else is done and then run one at a time
+        todo = [s for s in plan(read_runs(folder), quick) if s["lr"] is not None and s["name"] not in done]
+        batch = [s for s in todo if s["part"] != "tta"] or todo
+        if not batch:
+            return
+        with ThreadPoolExecutor(max_workers=1 if batch[0]["part"] == "tta" else jobs) as pool:
+            list(pool.map(start, batch))  # list(): re-raises the first failed run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--part", choices=["all", "main", "curve", "groups"], default="all")
+    parser.add_argument("--quick", action="store_true", help="tiny data, one epoch (a smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--report", action="store_true", help="only rebuild the tables and plots")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time (for a GPU with room to spare; their times are then not reported)")
+    parser.add_argument("--plan", action="store_true", help="list every run, done or not, and the time left")
+    parser.add_argument("--report", action="store_true", help="only rebuild the tables and plot")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.run:  # child process: one run, one file
+    if args.run:  # child process: one run, one file, written whole or not at all
+        if args.threads:
+            torch.set_num_threads(args.threads)
         spec = json.loads(args.run)
         result = run_one(spec, args.quick, args.jobs)
         path = args.out / "runs" / f"{spec['name']}.json"
@@ -343,17 +318,13 @@ def main() -> None:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(path)
         return
+    if args.plan:
+        show_plan(args.out, args.quick)
+        return
     if not args.report:
-        (args.out / "runs").mkdir(parents=True, exist_ok=True)
-        todo = [s for s in plan(args.part, args.quick) if not (args.out / "runs" / f"{s['name']}.json").exists()]
+        run_left(args.out, args.quick, args.jobs, args.threads)
+    from benchmarks.study_report import report
 
-        def start(spec: dict) -> None:
-            print(f"run {spec['name']}", flush=True)
-            cmd = [sys.executable, __file__, "--run", json.dumps(spec), "--out", str(args.out), "--jobs", str(args.jobs)]
-            subprocess.run(cmd + (["--quick"] if args.quick else []), check=True)
-
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            list(pool.map(start, todo))  # list(): re-raises the first failed run
     report(args.out)
 
 

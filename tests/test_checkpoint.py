@@ -9,6 +9,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 import bitfit_utils as bu
+from lab.methods import setup_method
 from conftest import tiny_bert
 
 
@@ -66,7 +67,7 @@ def test_subset_pack_records_what_was_trained(tmp_path):
 def test_switching_to_a_head_only_pack_restores_pristine_biases(tmp_path, inputs):
     bitfit = _tune(tiny_bert(), seed=1)
     head_only = tiny_bert(seed=0)
-    bu.setup_method(head_only, "frozen")
+    setup_method(head_only, "frozen")
     with torch.no_grad():
         head_only.classifier.weight.mul_(3)
     pa = bu.save_bias_checkpoint(bitfit, tmp_path / "a.safetensors")

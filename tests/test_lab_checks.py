@@ -11,7 +11,11 @@ import torch
 from transformers import BertConfig
 
 import bitfit_utils as bu
-import lab_checks as lc
+from lab.data import LABEL_NAMES
+from lab.methods import setup_method
+from lab.models import predict
+from lab.training import make_trainer, set_seed
+from lab import checks as lc
 from conftest import ROOT, tiny_bert
 
 
@@ -66,7 +70,7 @@ def test_same_head():
     assert_not_yet(lc.check_same_head(a, a), "same object")
     b = copy.deepcopy(a)
     torch.nn.init.normal_(b.classifier.weight)
-    assert_not_yet(lc.check_same_head(a, b), "bu.set_seed")
+    assert_not_yet(lc.check_same_head(a, b), "set_seed")
     c = copy.deepcopy(a)
     with torch.no_grad():
         c.bert.pooler.dense.weight.add_(1.0)
@@ -130,9 +134,9 @@ def tiny_train_set():
 def tiny_run(tokenizer, train_set, out, learning_rate, method="bitfit", model=None, evaluate=False):
     """One epoch (2 steps) on the tiny model; only runs whose curve the check prints need evaluation."""
     model = model if model is not None else tiny_bert()
-    bu.setup_method(model, method)
-    trainer = bu.make_trainer(model, tokenizer, train_set, train_set, out, learning_rate=learning_rate, epochs=1,
-                              batch_size=8, select_best=False, warmup=0.0,
+    setup_method(model, method)
+    trainer = make_trainer(model, tokenizer, train_set, train_set, out, learning_rate=learning_rate, epochs=1,
+                              batch_size=8, select_by=None, warmup=0.0,
                               eval_strategy="epoch" if evaluate else "no")
     trainer.train()
     return trainer
@@ -153,8 +157,8 @@ def test_small_lr_run(tokenizer, tiny_train_set, tmp_path):
     assert_not_yet(lc.check_small_lr_run(continued, fast, tiny_bert()), "pre-trained model")
     short = tiny_run(tokenizer, tiny_train_set.select(range(8)), tmp_path / "short", 2e-5)
     assert_not_yet(lc.check_small_lr_run(short, fast, tiny_bert()), "same train_set")
-    untrained = bu.make_trainer(tiny_bert(), tokenizer, tiny_train_set, tiny_train_set, tmp_path / "u",
-                                learning_rate=2e-5, epochs=1, select_best=False)
+    untrained = make_trainer(tiny_bert(), tokenizer, tiny_train_set, tiny_train_set, tmp_path / "u",
+                                learning_rate=2e-5, epochs=1, select_by=None)
     assert_not_yet(lc.check_small_lr_run(untrained, fast, tiny_bert()), ".train()")
     assert_not_yet(lc.check_small_lr_run(fast, fast, tiny_bert()), "freshly loaded")
 
@@ -215,10 +219,10 @@ def test_pack_refusal(pack):
 
 
 def test_wrong_pair(model, tokenizer):
-    model.config.id2label = dict(enumerate(bu.LABEL_NAMES))
+    model.config.id2label = dict(enumerate(LABEL_NAMES))
     pair = ("the cat", "a cat")
-    predicted, _ = bu.predict(model, tokenizer, [pair])
-    other = next(name for name in bu.LABEL_NAMES if name != predicted[0])
+    predicted, _ = predict(model, tokenizer, [pair])
+    other = next(name for name in LABEL_NAMES if name != predicted[0])
     assert_correct(lc.check_wrong_pair(model, tokenizer, pair, other))
     assert_not_yet(lc.check_wrong_pair(model, tokenizer, pair, predicted[0]), "agrees with you")
     assert_not_yet(lc.check_wrong_pair(model, tokenizer, pair, other, known_pairs=[pair]), "from MRPC dev")

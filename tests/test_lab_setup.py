@@ -1,4 +1,4 @@
-"""lab_setup: the first code cell that makes a kernel ready (decisions, fakes, Colab simulated).
+"""lab.setup: the first code cell that makes a kernel ready (decisions, fakes, Colab simulated).
 
 Colab itself cannot be reached from the test machine: it is simulated by a fake ``google.colab``
 module and ``COLAB_RELEASE_TAG``, a local git repository stands in for GitHub, and a fake pip
@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import lab_setup as ls
+from lab import setup as ls
 from conftest import ROOT
 
 SKIP_TOP = {".venv", ".git", "packs", "runs", "scratch"}
@@ -153,6 +153,7 @@ def test_find_root_from_a_subfolder_and_a_clear_error_elsewhere(tmp_path):
     project = tmp_path / "lab"
     (project / "solutions").mkdir(parents=True)
     for marker in ls.ROOT_MARKERS:
+        (project / marker).parent.mkdir(parents=True, exist_ok=True)
         (project / marker).write_text("")
     assert ls.find_root(project / "solutions") == project.resolve()
     with pytest.raises(ls.SetupError, match="open the notebook inside the project folder.*git clone"):
@@ -356,7 +357,7 @@ def test_setup_cell_on_simulated_colab_clones_then_reuses_the_clone(tmp_path, or
     assert f"working folder is now {clone}" in first.stdout
     assert re.search(r"ready \(torch \S+ \(the Colab runtime's own\), .*\); nothing to install\.\n", first.stdout)
     assert f"CWD {clone}" in first.stdout and f"UTILS {clone / 'bitfit_utils.py'}" in first.stdout
-    assert (clone / ".git").is_dir() and (clone / "lab_setup.py").is_file()
+    assert (clone / ".git").is_dir() and (clone / "lab" / "setup.py").is_file()
     # 02 opened next in the same runtime: a new kernel in /content finds the clone, clones nothing
     second = run_cell(content, origin, colab=True, extra=AFTER)
     assert second.returncode == 0, second.stderr
@@ -379,14 +380,14 @@ def test_setup_cell_on_simulated_colab_when_the_clone_fails(tmp_path):
 def test_setup_cell_outside_the_project_and_not_on_colab(tmp_path, origin):
     proc = run_cell(tmp_path, origin, colab=False)
     assert proc.returncode != 0 and not (tmp_path / "bitfit-lab").exists()  # no clone off Colab
-    assert "lab_setup.py is not in" in proc.stderr and "git clone" in proc.stderr
+    assert "lab/setup.py is not in" in proc.stderr and "git clone" in proc.stderr
 
 
 # --- generated badges and setup cells agree with REPO_URL --------------------------------------
 
 
 def test_notebooks_and_readme_agree_with_repo_url():
-    assert ls.sync(ROOT, write=False) == [], "run: python lab_setup.py --sync"
+    assert ls.sync(ROOT, write=False) == [], "run: python -m lab.setup --sync"
     for name in ls.NOTEBOOKS:
         cells = _read(ROOT / name)["cells"]
         assert ls.colab_badge(name) in _source(cells[0])
@@ -451,7 +452,7 @@ def test_repo_url_must_be_a_github_address_for_badges():
 
 def test_lab_setup_runs_on_the_standard_library_alone():
     """-S: no site-packages at all, as in a kernel before numpy or torch are installed."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import lab_setup\n"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from lab import setup as lab_setup\n"
             f"facts = lab_setup.gather_facts(lab_setup.find_root({str(ROOT)!r}))\n"
             "print(facts.torch_version, [a.args[1] for a in lab_setup.plan(facts) if a.kind == 'pip'][0])\n"
             "print(sorted({'numpy', 'torch', 'packaging'} & set(sys.modules)))")

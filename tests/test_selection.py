@@ -8,6 +8,7 @@ from transformers import (BertConfig, BertForSequenceClassification, DistilBertC
                           RobertaConfig, RobertaForSequenceClassification)
 
 import bitfit_utils as bu
+from lab.methods import apply_lora, setup_method
 from benchmarks.handout_recipes import HandoutBitFitLoRA, handout_adaptive_bias_initialization
 from benchmarks.study_tools import mask_gradients, random_parameter_mask
 from conftest import TINY, tiny_bert
@@ -197,17 +198,17 @@ def test_random_mask_matches_count_without_replacement(model, inputs):
 
 def test_setup_method_baselines(model):
     total = bu.count_parameters(model)[1]
-    assert bu.setup_method(model, "full") == (total, total)
+    assert setup_method(model, "full") == (total, total)
     head = sum(p.numel() for p in model.classifier.parameters())
-    assert bu.setup_method(model, "frozen") == (head, total)
-    assert bu.setup_method(model, "bitfit") == (bu.apply_bitfit(tiny_bert()).trainable, total)
+    assert setup_method(model, "frozen") == (head, total)
+    assert setup_method(model, "bitfit") == (bu.apply_bitfit(tiny_bert()).trainable, total)
     with pytest.raises(ValueError, match="'frozen', 'bitfit' or 'full'"):
-        bu.setup_method(model, "lora")
+        setup_method(model, "lora")
 
 
 def test_lora_groups_and_the_handouts_class_losing_biases():
-    lora_all = bu.parameter_table(bu.apply_lora(tiny_bert(), r=4, bias="all"))
-    lora_none = bu.parameter_table(bu.apply_lora(tiny_bert(), r=4, bias="none"))
+    lora_all = bu.parameter_table(apply_lora(tiny_bert(), r=4, bias="all"))
+    lora_none = bu.parameter_table(apply_lora(tiny_bert(), r=4, bias="none"))
     handout = bu.parameter_table(HandoutBitFitLoRA(tiny_bert(), lora_r=4).peft_model)
     lora_r4 = 2 * 2 * 4 * (16 + 16)  # layers x (query, value) x r x (in + out)
     bias_rows = [g for g in bu.BIAS_GROUPS if g in lora_all.index]
@@ -218,7 +219,7 @@ def test_lora_groups_and_the_handouts_class_losing_biases():
     assert handout.loc["lora", "trainable"] == handout.loc["total", "trainable"] == lora_r4
     assert handout.loc["head", "trainable"] == 0
     with pytest.raises(ValueError, match="'none'.*'all'"):
-        bu.apply_lora(tiny_bert(), bias="lora_only")
+        apply_lora(tiny_bert(), bias="lora_only")
 
 
 def test_handout_adaptive_init_replaces_pretrained_biases(model):
@@ -237,7 +238,7 @@ def test_handout_class_adapter_file_lacks_the_head(tmp_path):
 
     saved = {}
     for name, model in (("handout", HandoutBitFitLoRA(tiny_bert()).peft_model),
-                        ("lora", bu.apply_lora(tiny_bert()))):
+                        ("lora", apply_lora(tiny_bert()))):
         model.save_pretrained(tmp_path / name)
         with safe_open(str(next((tmp_path / name).glob("*.safetensors"))), "pt") as f:
             saved[name] = [k for k in f.keys() if "lora_" not in k]

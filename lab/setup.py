@@ -20,8 +20,8 @@ The decisions are pure functions of collected facts (:func:`plan`, :func:`unmet`
 (:func:`gather_facts`, :func:`carry_out`, :func:`ensure_ready`) are kept apart, so the decisions
 are tested without installing anything.
 
-Maintainers: ``python lab_setup.py --sync`` rewrites the "Open in Colab" badges and the setup
-cells of the notebooks and the README from ``REPO_URL``; ``python lab_setup.py --check`` only
+Maintainers: ``python -m lab.setup --sync`` rewrites the "Open in Colab" badges and the setup
+cells of the notebooks and the README from ``REPO_URL``; ``python -m lab.setup --check`` only
 lists what differs (a test runs the same check).
 """
 
@@ -48,7 +48,7 @@ REPO_BRANCH = "main"
 NOTEBOOKS = ("01-Setup.ipynb", "02-Train.ipynb", "03-Inference.ipynb")
 SOLUTIONS_DIR = "solutions"
 #: Files that mark the project folder.
-ROOT_MARKERS = ("lab_setup.py", "bitfit_utils.py", "requirements.txt")
+ROOT_MARKERS = ("lab/setup.py", "bitfit_utils.py", "requirements.txt")
 
 #: Entries of requirements.txt the setup does not install into the kernel, and why.
 NOT_FOR_KERNEL = {
@@ -412,11 +412,11 @@ def ensure_ready(root: Path | str | None = None, *,
 
 
 # ---------------------------------------------------------------------------
-# Generated notebook and README parts (maintainers: python lab_setup.py --sync)
+# Generated notebook and README parts (maintainers: python -m lab.setup --sync)
 # ---------------------------------------------------------------------------
 
 SETUP_MARKER = "# Setup:"
-README_BEGIN = "<!-- colab-badges: written by `python lab_setup.py --sync` from lab_setup.REPO_URL -->"
+README_BEGIN = "<!-- colab-badges: written by `python -m lab.setup --sync` from lab.setup.REPO_URL -->"
 README_END = "<!-- /colab-badges -->"
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 _BADGE_LINE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)[ \t]*$", re.M)
@@ -447,18 +447,18 @@ import os, subprocess, sys
 from pathlib import Path
 
 REPO_URL = "{repo_url}"
-lab_root = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lab_setup.py").is_file()),
+lab_root = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lab" / "setup.py").is_file()),
                 Path.cwd() / "{folder}")
 on_colab = "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
-if on_colab and not (lab_root / "lab_setup.py").is_file():
+if on_colab and not (lab_root / "lab" / "setup.py").is_file():
     clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, str(lab_root)],
                            capture_output=True, text=True)
     print(clone.stderr or f"cloned {{REPO_URL}} into {{lab_root}}")
-if not (lab_root / "lab_setup.py").is_file():
-    raise FileNotFoundError(f"lab_setup.py is not in {{Path.cwd()}} or a folder above it: open this notebook "
+if not (lab_root / "lab" / "setup.py").is_file():
+    raise FileNotFoundError(f"lab/setup.py is not in {{Path.cwd()}} or a folder above it: open this notebook "
                             f"in the project folder, or get the project first: git clone {{REPO_URL}}")
 sys.path.insert(0, str(lab_root))
-import lab_setup
+from lab import setup as lab_setup
 lab_setup.ensure_ready(lab_root)'''
 
 
@@ -515,7 +515,7 @@ def sync_readme(text: str, repo_url: str | None = None, branch: str | None = Non
     return pattern.sub(lambda _: readme_block(repo_url, branch), text, count=1)
 
 
-def sync(root: Path | str = Path(__file__).parent, write: bool = True) -> list[str]:
+def sync(root: Path | str = Path(__file__).resolve().parents[1], write: bool = True) -> list[str]:
     """Bring badges and setup cells in line with REPO_URL; returns the files that were (would be) changed."""
     root = Path(root)
     changed = []
@@ -548,10 +548,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--ready", action="store_true", help="run ensure_ready() for this Python")
     args = parser.parse_args(argv)
     if args.ready:
-        ensure_ready(Path(__file__).parent)
+        ensure_ready(Path(__file__).resolve().parents[1])
         return 0
     changed = sync(write=args.sync)
-    verb = "rewrote" if args.sync else "out of date (run python lab_setup.py --sync)"
+    verb = "rewrote" if args.sync else "out of date (run python -m lab.setup --sync)"
     print(f"{verb}: {', '.join(changed)}" if changed else "badges and setup cells match REPO_URL")
     return 1 if changed and args.check else 0
 

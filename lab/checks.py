@@ -30,6 +30,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 import bitfit_utils as bu
+from lab.models import load_model, predict
+from lab.training import history_frame, make_trainer, set_seed
 
 
 @dataclass
@@ -153,7 +155,7 @@ def check_same_head(model_a: torch.nn.Module | None, model_b: torch.nn.Module | 
     head_differs = [n for n in head if not torch.equal(params_a[n], params_b[n])]
     if head_differs:
         return _verdict(False, f"the heads differ ({', '.join(head_differs)}): each load draws a new random head. "
-                               "Call bu.set_seed(SEED) right before *each* bu.load_model(...).")
+                               "Call set_seed(SEED) right before *each* load_model(...).")
     return _verdict(True, f"two separate models, same pre-trained encoder, identical random head ({', '.join(head)}).")
 
 
@@ -269,24 +271,24 @@ def check_small_lr_run(slow_trainer, fast_trainer, base_model: torch.nn.Module |
     rates = sorted({g.get("initial_lr", g["lr"]) for g in groups})
     if not all(math.isclose(r, learning_rate, rel_tol=1e-6) for r in rates):
         return _verdict(False, f"the optimizer's learning rate was {', '.join(map(_lr, rates))}, not "
-                               f"{_lr(learning_rate)}: pass learning_rate={_lr(learning_rate)} to bu.make_trainer.")
+                               f"{_lr(learning_rate)}: pass learning_rate={_lr(learning_rate)} to make_trainer.")
     model = slow_trainer.model
     reference = _reference_trainable(model, "all")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if trainable != {n for n, on in reference.items() if on}:
         n_train = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
         return _verdict(False, f"the run trained {n_train:,} parameters ({len(trainable)} tensors), not BitFit's "
-                               "biases + head: call bu.apply_bitfit(model) before bu.make_trainer.")
+                               "biases + head: call bu.apply_bitfit(model) before make_trainer.")
     in_optimizer = {id(p) for g in groups for p in g["params"]}
     if in_optimizer != {id(p) for n, p in model.named_parameters() if n in trainable}:
         return _verdict(False, "the optimizer does not hold exactly the BitFit parameters: build the trainer with "
-                               "bu.make_trainer after bu.apply_bitfit, and train it with .train().")
+                               "make_trainer after bu.apply_bitfit, and train it with .train().")
     n_slow, n_fast = len(slow_trainer.train_dataset), len(fast_trainer.train_dataset)
     if n_slow != n_fast or slow_trainer.state.epoch < 1 - 1e-6:
         return _verdict(False, f"train one full epoch on the same train_set (this run: {n_slow} pairs, "
                                f"{slow_trainer.state.epoch:.2f} epochs; section 3: {n_fast} pairs).")
     if base_model is None:
-        base_model, _ = bu.load_model(fast_trainer.model.name_or_path, verbose=False)
+        base_model, _ = load_model(fast_trainer.model.name_or_path, verbose=False)
     slow_change = _mean_bias_change(model, base_model)
     fast_change = _mean_bias_change(fast_trainer.model, base_model)
     steps_slow, steps_fast = slow_trainer.state.global_step, fast_trainer.state.global_step
@@ -296,13 +298,15 @@ def check_small_lr_run(slow_trainer, fast_trainer, base_model: torch.nn.Module |
     if not slow_change < max_ratio * fast_change:
         return _verdict(False, f"your biases moved {slow_change:.2e} on average, the {fast_lr} run's "
                                f"{fast_change:.2e}: a {slow_lr} run should move them far less. Did it start from "
-                               "the pre-trained model (a fresh bu.load_model), not from an already trained one?",
+                               "the pre-trained model (a fresh load_model), not from an already trained one?",
                         **details)
     first = "; ".join(
-        f"lr {lr}: train loss {h.get('train_loss', float('nan')):.4f}, dev loss {h['eval_loss']:.4f}, "
-        f"dev accuracy {h['eval_accuracy']:.3f}"
-        for lr, h in ((slow_lr, bu.history_frame(slow_trainer).iloc[0]),
-                      (fast_lr, bu.history_frame(fast_trainer).iloc[0])))
+        f"lr {lr}: train loss {h.get('train_loss', float('nan')):.4f}, {split} loss {h[f'{key}loss']:.4f}, "
+        f"{split} accuracy {h[f'{key}accuracy']:.3f}"
+        for lr, h in ((slow_lr, history_frame(slow_trainer).iloc[0]),
+                      (fast_lr, history_frame(fast_trainer).iloc[0]))
+        for split, key in [next((s, k) for s, k in (("validation", "eval_validation_"), ("dev", "eval_"))
+                                if f"{k}loss" in h)])
     return _verdict(True, f"lr {slow_lr} on the {len(trainable)} BitFit tensors for {steps_slow} steps. "
                           f"Mean |b - b0|: {slow_change:.2e} at lr {slow_lr} ({slow_change / steps_slow:.1e} per step) "
                           f"vs {fast_change:.2e} at lr {fast_lr} ({steps_fast} steps, "
@@ -422,7 +426,7 @@ def check_wrong_pair(model: torch.nn.Module, tokenizer, pair: Sequence[str] | No
         return _verdict(False, f"my_label must be one of {names}, got {label!r}.")
     if tuple(pair) in {tuple(p) for p in known_pairs}:
         return _verdict(False, "this pair is from MRPC dev: write a pair of your own.")
-    predicted, probs = bu.predict(model, tokenizer, [tuple(pair)])
+    predicted, probs = predict(model, tokenizer, [tuple(pair)])
     p_text = ", ".join(f"p({n})={probs[0][i]:.3f}" for i, n in enumerate(names))
     if predicted[0] == label:
         return _verdict(False, f"the model agrees with you ({predicted[0]}; {p_text}). Try a pair whose words "

@@ -1,0 +1,14 @@
+"""What the lab's notebooks share besides BitFit itself (``bitfit_utils``), one module per concern.
+
+- ``lab.setup``: the notebooks' first cell: find the project, install what the kernel lacks.
+- ``lab.hub``: is the Hugging Face Hub there; offline mode; prefetch.
+- ``lab.data``: GLUE MRPC from a local folder or the Hub; tokenizing.
+- ``lab.models``: loading the model (Hub or the offline MiniLM); device; prediction.
+- ``lab.training``: the Trainer set up the lab's way; metrics; history; time estimate.
+- ``lab.analysis``: training curves, bias changes, sizes and latency.
+- ``lab.peft_methods``: LoRA and BEFT (peft) beside BitFit.
+- ``lab.families``: where the biases sit in architectures other than BERT's.
+- ``lab.checks``: the self-checks of the exercises.
+
+Importing ``lab`` imports nothing else (``lab.setup`` runs before torch is installed).
+"""

@@ -1,0 +1,103 @@
+"""The Hugging Face Hub: is it there, and what to do when it is not.
+
+Students work online (the Hub serves ``bert-base-uncased`` and ``nyu-mll/glue``), in
+classrooms with flaky Wi-Fi, or offline. ``hub_available`` asks the Hub once per process,
+with a bounded wait, and switches the whole process to offline mode when it does not answer,
+so that later loads read the local cache instead of waiting again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+DEFAULT_MODEL = "bert-base-uncased"
+_HUB_STATE: dict[str, bool] = {}
+
+
+def _go_offline() -> None:
+    """Switch huggingface_hub, transformers and datasets to offline mode for this process."""
+    import huggingface_hub.constants as hub_constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        import datasets.config
+
+        datasets.config.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
+def hub_available(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers; decided once per session.
+
+    Respects ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``/``TRANSFORMERS_OFFLINE``.
+    When the Hub does not answer within ``timeout`` seconds the whole process
+    goes offline, so later calls read the local cache instead of retrying.
+    """
+    if "up" in _HUB_STATE:
+        return _HUB_STATE["up"]
+    flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    if any(os.environ.get(f, "").upper() in {"1", "ON", "YES", "TRUE"} for f in flags):
+        up = False
+    else:
+        import urllib.request
+
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        result: list[bool] = []
+
+        def probe() -> None:
+            try:
+                urllib.request.urlopen(f"{endpoint}/api/models/{DEFAULT_MODEL}", timeout=timeout)
+                result.append(True)
+            except Exception:
+                result.append(False)
+
+        # A thread bounds the wait even when name resolution hangs (flaky Wi-Fi).
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(timeout + 0.5)
+        up = bool(result and result[0])
+    if not up:
+        _go_offline()
+    _HUB_STATE["up"] = up
+    return up
+
+
+@contextmanager
+
+
+def quiet_hf() -> Iterator[None]:
+    """Silence transformers/datasets logging and progress bars inside the block."""
+    import datasets
+    import transformers
+
+    t_level, d_level = transformers.logging.get_verbosity(), datasets.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    datasets.logging.set_verbosity_error()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(t_level)
+        datasets.logging.set_verbosity(d_level)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
+def prefetch(model_name: str = DEFAULT_MODEL) -> None:
+    """Download ``model_name`` and GLUE MRPC into the Hugging Face cache (needs the Hub once)."""
+    if not hub_available():
+        raise RuntimeError(
+            "The Hugging Face Hub does not answer, so nothing can be prefetched. Connect to the "
+            "internet and run this again (or use BITFIT_DATA_DIR and the offline model)."
+        )
+    import datasets
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(model_name, allow_patterns=["*.json", "*.txt", "*.safetensors"])
+    datasets.load_dataset("nyu-mll/glue", "mrpc")

@@ -1,0 +1,231 @@
+"""Training the lab's way: a ``transformers.Trainer``, its metrics, history and time estimate.
+
+The rule every training of the lab follows (02-Train and the study alike): the model learns
+on MRPC train minus a held-out validation split (``lab.data.selection_splits``); after every
+epoch it is scored on validation and on GLUE dev; the epoch kept is the one with the best
+**validation MCC**, and dev is only reported, never selected on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from lab.models import OFFLINE_MODEL, get_device
+
+#: What selects the epoch (and, in the study, the learning rate): the Matthews correlation on the
+#: validation split. Any constant prediction scores exactly 0, so the majority class cannot win it
+#: (it wins F1: predicting "equivalent" for every MRPC pair already scores F1 81).
+SELECT_BY = "validation_mcc"
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy, torch and CUDA (via ``transformers.set_seed``)."""
+    import transformers
+
+    transformers.set_seed(seed)
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    """MRPC metrics for ``Trainer``: GLUE's accuracy and F1 (positive class: equivalent), and MCC."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    logits, labels = eval_pred[0], eval_pred[1]
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    preds = np.asarray(logits).argmax(axis=-1)
+    return {"accuracy": float(accuracy_score(labels, preds)), "f1": float(f1_score(labels, preds, pos_label=1)),
+            "mcc": float(matthews_corrcoef(labels, preds))}
+
+
+def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str | os.PathLike, *,
+                 learning_rate: float, epochs: float, batch_size: int = 32, seed: int = 42,
+                 warmup: float = 0.1, schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
+                 select_by: str | None = SELECT_BY, group_by_length: bool = True, **overrides: Any):
+    """A ``transformers.Trainer`` set up the lab's way.
+
+    Evaluates every epoch (accuracy, F1, MCC), warms the learning rate up over the first
+    ``warmup`` share of the steps, pads per batch, groups batches by length, and logs the
+    training seconds of every epoch (evaluation excluded). With ``select_by`` it keeps the
+    best epoch's trainable tensors in memory and puts them back when training ends: only
+    what trains is copied (a BitFit model's biases and head, not the whole model), and
+    nothing is written to disk.
+
+    Args:
+        train_dataset: tokenized pairs (``tokenize_pairs``).
+        eval_dataset: one tokenized set, or a dict such as ``{"validation": ..., "dev": ...}``
+            (metrics are then named ``eval_validation_mcc``, ``eval_dev_accuracy``, ...).
+        output_dir: Trainer's working folder (no checkpoints are written there).
+        learning_rate, epochs, batch_size, seed, weight_decay: the usual.
+        warmup: share of the steps with a rising learning rate.
+        schedule: after warm-up, ``"constant_with_warmup"`` (the lab's: the epoch is chosen on
+            validation, which plays the part of a decay) or ``"linear"`` (decay to 0).
+        select_by: the metric that picks the epoch, without ``eval_`` (``"validation_mcc"``;
+            ``"mcc"`` for a single eval set), or None to keep the last epoch.
+        overrides: further ``TrainingArguments`` fields.
+    """
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    settings = dict(
+        output_dir=str(output_dir),
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=64,
+        warmup_steps=warmup,
+        lr_scheduler_type=schedule,
+        weight_decay=weight_decay,
+        eval_strategy="epoch",
+        logging_strategy="epoch",
+        save_strategy="no",
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        seed=seed,
+        report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=get_device().type == "cpu",  # lets torchrun/accelerate start CPU processes (gloo)
+        ddp_find_unused_parameters=False,  # every trainable tensor is used in the forward pass
+    )
+    args = TrainingArguments(**{**settings, **overrides})
+    sets = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
+    callbacks = [EpochSeconds(), TimeEstimate(sum(len(s) for s in sets if s is not None))]
+    if select_by:
+        callbacks.append(KeepBest(f"eval_{select_by}"))
+    return Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                   processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                   compute_metrics=compute_metrics, callbacks=callbacks)
+
+
+class KeepBest(TrainerCallback):
+    """Keep a copy of the trainable tensors at the best evaluation of ``metric``; restore it at the end.
+
+    Ties keep the earlier epoch. ``best_epoch`` and ``best_value`` say what was kept.
+    """
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.best_value, self.best_epoch = -math.inf, None
+        self._kept: dict[str, torch.Tensor] = {}
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.metric)
+        if value is not None and value > self.best_value:
+            self.best_value, self.best_epoch = value, round(state.epoch, 2)
+            self._kept = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._kept:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, tensor in self._kept.items():
+                    params[name].copy_(tensor)
+            state.log_history.append({"epoch": state.epoch, "kept_epoch": self.best_epoch,
+                                      f"kept_{self.metric}": self.best_value})
+
+
+class EpochSeconds(TrainerCallback):
+    """Log the training seconds up to the end of every epoch (evaluations excluded) as ``train_seconds``."""
+
+    def __init__(self):
+        self.total, self._start = 0.0, None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.total += time.perf_counter() - self._start
+        state.log_history.append({"epoch": round(state.epoch, 2), "train_seconds": self.total})
+
+#: Trainings estimated longer than this (seconds) come with a hint at the faster paths.
+LONG_TRAINING_S = 600.0
+
+
+def estimate_seconds(s_per_step: float, steps: int, evals: int, eval_pairs: int, batch_size: int) -> float:
+    """Extrapolate a training's wall time from the measured time of one step.
+
+    An evaluation is a forward pass only, about a third of a training step's cost per pair.
+
+    Args:
+        s_per_step: measured seconds per training step.
+        steps: training steps in all.
+        evals: how many times the eval sets are scored.
+        eval_pairs: pairs scored each time.
+        batch_size: training pairs per step.
+    """
+    return s_per_step * (steps + evals * eval_pairs / batch_size / 3)
+
+
+def faster_paths_hint(seconds: float, device: str) -> str:
+    """What to say about an estimated training time: nothing when short, the faster paths when long."""
+    if seconds <= LONG_TRAINING_S:
+        return ""
+    paths = ["the instructor demo (BITFIT_DEMO=1)",
+             f"the offline model (BITFIT_MODEL={OFFLINE_MODEL}, 6 layers instead of 12)"]
+    if device == "cpu":
+        paths.append("a GPU (e.g. Colab: Runtime > Change runtime type > GPU)")
+    return "That is long for one sitting. Faster: " + "; ".join(paths) + "."
+
+
+class TimeEstimate(TrainerCallback):
+    """Time the first few training steps, then print how long the whole training will take here."""
+
+    def __init__(self, eval_pairs: int, probe_steps: int = 4):
+        self.eval_pairs, self.probe_steps = eval_pairs, probe_steps
+        self._start: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:  # step 1 pays one-off costs (allocation, first batch): not timed
+            self._start = time.perf_counter()
+        elif self._start is not None and state.global_step == 1 + self.probe_steps < state.max_steps:
+            s_per_step = (time.perf_counter() - self._start) / self.probe_steps
+            evals = max(1, round(args.num_train_epochs)) if args.eval_strategy == "epoch" else 0
+            seconds = estimate_seconds(s_per_step, state.max_steps, evals, self.eval_pairs,
+                                       args.per_device_train_batch_size)
+            device = get_device().type
+            print(f"Time estimate: {s_per_step:.2f} s per step x {state.max_steps} steps (+ evaluation) "
+                  f"= about {seconds / 60:.1f} min on this {device}. {faster_paths_hint(seconds, device)}".rstrip())
+
+_SKIP = ("runtime", "samples_per_second", "steps_per_second", "total_flos", "train_runtime", "train_samples",
+         "train_steps", "grad_norm", "learning_rate", "kept_")
+
+
+def history_frame(trainer):
+    """One row per epoch: ``train_loss``, ``train_seconds`` and every evaluation metric.
+
+    Metric columns keep Trainer's names: ``eval_accuracy`` for a single eval set,
+    ``eval_validation_mcc``, ``eval_dev_f1``, ... for a dict of them.
+    """
+    import pandas as pd
+
+    rows: dict[float, dict[str, float]] = {}
+    for entry in trainer.state.log_history:
+        if "epoch" not in entry or "kept_epoch" in entry:
+            continue
+        row = rows.setdefault(round(entry["epoch"], 2), {"epoch": round(entry["epoch"], 2)})
+        for key, value in entry.items():
+            if key != "epoch" and not any(s in key for s in _SKIP) and key != "train_loss":
+                row["train_loss" if key == "loss" else key] = value
+    return pd.DataFrame(sorted(rows.values(), key=lambda r: r["epoch"])).set_index("epoch")
+
+
+def kept_epoch(trainer) -> float | None:
+    """The epoch whose tensors the model holds after ``train()`` (None: the last one, nothing selected)."""
+    return next((e["kept_epoch"] for e in reversed(trainer.state.log_history) if "kept_epoch" in e), None)
+
+
+@contextmanager
+
+
+def timer() -> Iterator[dict[str, float]]:
+    """``with timer() as t: ...`` then ``t["seconds"]`` holds the elapsed wall time."""
+    result: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield result
+    finally:
+        result["seconds"] = time.perf_counter() - start
