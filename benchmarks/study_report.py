@@ -15,10 +15,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.compare_methods import HEADLINE, METHODS, TTA_METHODS, choose, kept, read_runs
 
 
 def _cell(value, digits: int | None = None) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else ""
     if isinstance(value, float) and value != value:
         return "–"  # NaN: e.g. the std of a single seed
     if digits is not None and isinstance(value, (int, float)):
