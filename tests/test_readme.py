@@ -1,0 +1,104 @@
+"""README.md and results/README.md: their generated blocks agree with results/, and the check can fail."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from conftest import ROOT
+from benchmarks import update_readme as ur
+
+PAGES = ("README.md", "results/README.md")
+
+
+def copy_project(tmp_path):
+    """README.md and results/ (with its README.md) in a folder of their own."""
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "results", tmp_path / "results")
+    return tmp_path
+
+
+def test_readme_and_results_page_agree_with_committed_results():
+    assert ur.main(["--check"]) == 0, "run: python benchmarks/update_readme.py"
+
+
+@pytest.mark.parametrize("path, old, new, shown", [
+    ("results/v1/curve.md", "| bitfit | 0.10 | 81.5 |", "| bitfit | 0.10 | 81.6 |", "| bitfit | 0.10 | 81.6 |"),
+    ("results/bench_cpu.txt", "ratio BitFit / full FT          : 0.681", "ratio BitFit / full FT          : 0.682",
+     "| 0.682（1,925 / 2,825 ms） |"),
+])
+def test_changing_one_table_cell_makes_the_check_fail(tmp_path, path, old, new, shown):
+    root = copy_project(tmp_path)
+    assert ur.main(["--check", "--root", str(root)]) == 0
+    source = root / path
+    text = source.read_text(encoding="utf-8")
+    assert text.count(old) == 1
+    source.write_text(text.replace(old, new), encoding="utf-8")
+    assert ur.main(["--check", "--root", str(root)]) == 1
+    ur.main(["--root", str(root)])  # rewriting brings the pages up to date, with the new value in them
+    assert ur.main(["--check", "--root", str(root)]) == 0
+    assert shown in (root / "results" / "README.md").read_text(encoding="utf-8")
+
+
+def test_prose_outside_the_markers_survives_a_rewrite(tmp_path):
+    root = copy_project(tmp_path)
+    page = root / "results" / "README.md"
+    marker = ur.end("study-progress")
+    page.write_text(page.read_text(encoding="utf-8").replace(marker, marker + "\n\nHand-written note."),
+                    encoding="utf-8")
+    ur.main(["--root", str(root)])
+    assert "Hand-written note." in page.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="no block 'summary'"):
+        ur.fill("no markers here", "summary", "body")
+
+
+def _grid_run(method, lr, seed=0, part="grid"):
+    """A finished run file as compare_methods.run_one writes it, with a made-up two-epoch log."""
+    from benchmarks import compare_methods as cm
+
+    mcc = 0.1 + 10 * lr if method != "full" else 0.3 + 1000 * lr
+    return {"part": part, "method": method, "lr": lr, "seed": seed, "name": cm._name(part, method, lr, seed),
+            "quick": False, "protocol": cm.PROTOCOL, "commit": "0123456789abcdef", "epochs": 2,
+            "trainable": 10, "total": 100, "trainable_pct": 10.0, "checkpoint_bytes": 1000, "device": "cpu",
+            "threads": 1, "concurrent_runs": 2, "torch": "2.13.0+cpu", "transformers": "5.24.0",
+            "wall_seconds": 120.0, "validation_majority": 0.67, "dev_positive_share": 0.684,
+            "log": [{"epoch": float(e), "train_seconds": 50.0 * e, "validation_mcc": mcc * e / 2,
+                     "validation_accuracy": 0.7 + 0.01 * e, "validation_f1": 0.8, "dev_accuracy": 0.75 + 0.01 * e,
+                     "dev_f1": 0.82, "dev_mcc": 0.3} for e in (1, 2)]}
+
+
+def test_pages_show_the_study_tables_once_they_are_written(tmp_path):
+    from benchmarks import compare_methods as cm
+    from benchmarks.study_report import report
+
+    root = copy_project(tmp_path)
+    results = root / "results"
+    page = ur.render(root)["results/README.md"]
+    assert page.count(ur.NOT_YET) == 4 and "nan" not in page.lower()  # nothing run yet: plain sentences, no NaN
+    (results / "runs").mkdir(exist_ok=True)
+    for method in cm.HEADLINE:
+        for lr in cm.METHODS[method].lrs:
+            run = _grid_run(method, lr)
+            (results / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
+    report(results)  # what compare_methods.py --report writes: grid, methods, plot (no ablation or tta runs)
+    pages = ur.render(root)
+    page, readme = pages["results/README.md"], pages["README.md"]
+    assert (results / "grid.md").read_text() in page and (results / "methods.md").read_text() in page
+    assert "](methods.png)" in page
+    assert page.count(ur.NOT_YET) == 2  # ablations and time-to-accuracy are still to run
+    planned = len(cm.plan(cm.read_runs(results)))
+    grid = sum(len(cm.METHODS[m].lrs) for m in cm.HEADLINE)
+    assert f"已完成 {grid} / {planned} 個 run" in page and "0123456" in page
+    assert "`bitfit` 77.0（F1 82.0，1 個 seed）" in readme  # one seed: no std
+    assert "nan" not in readme.lower()
+
+
+def test_readme_is_short_and_gives_no_exercise_answer_away():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.encode("utf-8")) <= 16 * 1024
+    for answer in ("104,450", "104450", "0.0954"):  # 02's exercise 2: BERT-base's BitFit count
+        assert answer not in readme
+    assert "bash run.sh lab" in readme and "bash run.sh test" in readme
+    assert "results/README.md" in readme
+    assert not re.search(r"(?<![\w/])lab_(setup|checks)\.py", readme)  # now lab/setup.py and lab/checks.py
