@@ -155,7 +155,7 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
     ``bias``: a known role, else a generic ``other_*`` group), ``"head"`` for everything
     outside the encoder (classifier, pre_classifier, score, ...) and ``"frozen"`` for the
     remaining encoder parameters (weight matrices, embeddings, LayerNorm gains).
-    A peft-wrapped model also has a ``"lora"`` or ``"beft"`` group (``lab.peft_methods``).
+    A peft-wrapped model also has a ``"lora"`` or ``"beft"`` group (``lab.methods``).
     """
     peft_wrapped = hasattr(model, "get_base_model") and hasattr(model, "peft_config")
     prefix = _base_prefix(model.get_base_model() if peft_wrapped else model)

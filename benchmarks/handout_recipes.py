@@ -2,7 +2,7 @@
 
 ``02-Train.ipynb`` section 7 prints this code and counts what each recipe leaves trainable;
 ``benchmarks/compare_methods.py`` trains both (methods ``handout_bitfitlora`` and ``adaptive_init``).
-Neither is meant to be used: the lab's own ways are ``bitfit_utils.apply_lora(model, bias="all")``
+Neither is meant to be used: the lab's own ways are ``lab.methods.apply_lora(model, bias="all")``
 and ``bitfit_utils.apply_bitfit``.
 """
 

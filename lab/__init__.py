@@ -6,7 +6,7 @@
 - ``lab.models``: loading the model (Hub or the offline MiniLM); device; prediction.
 - ``lab.training``: the Trainer set up the lab's way; metrics; history; time estimate.
 - ``lab.analysis``: training curves, bias changes, sizes and latency.
-- ``lab.peft_methods``: LoRA and BEFT (peft) beside BitFit.
+- ``lab.methods``: the baselines (frozen, full fine-tuning), LoRA and BEFT (peft) beside BitFit.
 - ``lab.families``: where the biases sit in architectures other than BERT's.
 - ``lab.checks``: the self-checks of the exercises.
 
