@@ -123,7 +123,8 @@ def apply_bitfit(
         param.requires_grad = group_of[name] in trained
     if train_head and "head" not in group_of.values():
         warnings.warn("train_head=True but the model has no task head outside the encoder.")
-    model.bitfit_bias_terms = [g for g in groups if g in present]  # recorded in saved packs
+    # the groups with biases to train (not those whose layers all lack one); recorded in saved packs
+    model.bitfit_bias_terms = [g for g in groups if any(grp == g and m.bias is not None for _, m, grp in slots)]
     trainable, total = count_parameters(model)
     rows = parameter_table(model).reset_index().to_dict("records")
     return BitFitReport(trainable, total, model.bitfit_bias_terms, rows, [path for path, _ in missing])
@@ -154,7 +155,7 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
     ``bias``: a known role, else a generic ``other_*`` group), ``"head"`` for everything
     outside the encoder (classifier, pre_classifier, score, ...) and ``"frozen"`` for the
     remaining encoder parameters (weight matrices, embeddings, LayerNorm gains).
-    A peft-wrapped model also has a ``"lora"`` or ``"beft"`` group (``lab.peft_methods``).
+    A peft-wrapped model also has a ``"lora"`` or ``"beft"`` group (``lab.methods``).
     """
     peft_wrapped = hasattr(model, "get_base_model") and hasattr(model, "peft_config")
     prefix = _base_prefix(model.get_base_model() if peft_wrapped else model)
@@ -250,8 +251,6 @@ def parameter_table(model: nn.Module):
     table = table.astype(int)
     table.insert(2, "share_%", (100 * table["parameters"] / table.loc["total", "parameters"]).round(4))
     return table
-
-
 
 
 # ----- Bias packs (checkpoints) -----------------------------------------------

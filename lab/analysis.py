@@ -91,9 +91,17 @@ def file_size_mb(path: str | os.PathLike) -> float:
 
 def full_model_size_mb(model) -> float:
     """Size of the whole model saved with ``save_pretrained`` (safetensors), in MB."""
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        return sum(f.stat().st_size for f in Path(folder).iterdir()) / 1e6
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # no "Writing model shards" bar in notebook and benchmark outputs
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            return sum(f.stat().st_size for f in Path(folder).iterdir()) / 1e6
+    finally:
+        if shown:
+            logging.enable_progress_bar()
 
 
 def median_latency(fn, repeats: int = 20, warmup: int = 3) -> float:

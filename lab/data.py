@@ -101,13 +101,21 @@ def tokenize_pairs(dataset, tokenizer, max_length: int = 128):
     """Tokenize sentence pairs with ``datasets.map`` (batched; no padding here).
 
     Padding happens per batch in ``DataCollatorWithPadding``, so a batch is only as
-    long as its longest pair. Text columns are dropped; ``label`` stays.
+    long as its longest pair. Text columns are dropped; ``label`` stays. No progress bar.
     """
     def encode(batch: dict[str, list]) -> dict[str, list]:
         return tokenizer(batch["sentence1"], batch["sentence2"], truncation=True, max_length=max_length)
 
+    import datasets
+
     columns = ["sentence1", "sentence2", "idx"]
-    return dataset.map(encode, batched=True, remove_columns=columns, desc="Tokenizing")
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # MRPC takes under a second: a bar would only stay behind in the outputs
+    try:
+        return dataset.map(encode, batched=True, remove_columns=columns)
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 #: The validation split: this share of MRPC train, stratified by label, always drawn with this seed.

@@ -57,3 +57,16 @@ def test_trainer_optimises_only_trainable_and_records_history(tmp_path, tokenize
     assert frozen_changed == []
     fig = plot_history(history)
     assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in fig.axes)
+
+
+def test_full_model_size_draws_no_progress_bar(capfd):
+    from transformers.utils import logging
+
+    from lab.analysis import full_model_size_mb
+
+    model = tiny_bert()
+    size = full_model_size_mb(model)
+    assert size * 1e6 > 4 * sum(p.numel() for p in model.parameters()) * 0.99  # fp32, whole model
+    out, err = capfd.readouterr()
+    assert "Writing model shards" not in out + err and "\r" not in out + err
+    assert logging.is_progress_bar_enabled()  # put back as it was

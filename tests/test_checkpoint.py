@@ -217,3 +217,57 @@ def test_missing_pack_renders_as_a_message_in_jupyter(tmp_path):
     lines = info.value._render_traceback_()  # what IPython prints instead of a traceback
     assert len(lines) == 1 and "Run 02-Train.ipynb first" in lines[0]
     assert isinstance(info.value, FileNotFoundError)
+
+
+# -- a base changed after a pack was loaded on it ---------------------------------------------------
+
+
+def _change_through_data(model):
+    model.bert.encoder.layer[0].attention.self.query.weight.data[0, 0] += 1  # bypasses the version counter
+
+
+def _change_through_load_state_dict(model):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["bert.encoder.layer.0.attention.self.query.weight"][0, 0] += 1
+    model.load_state_dict(state)
+
+
+def _change_through_copy(model):
+    weight = model.bert.encoder.layer[1].intermediate.dense.weight
+    changed = weight.detach().clone()
+    changed[-1, -1] += 1
+    with torch.no_grad():
+        weight.copy_(changed)
+
+
+def _change_through_state_dict_view(model):
+    model.state_dict()["bert.embeddings.word_embeddings.weight"][7, 3] += 1  # a detached view of the storage
+
+
+@pytest.mark.parametrize("change", [_change_through_data, _change_through_load_state_dict, _change_through_copy,
+                                    _change_through_state_dict_view], ids=lambda f: f.__name__.split("through_")[1])
+def test_a_base_changed_after_a_successful_load_is_refused_until_restored(tmp_path, inputs, change):
+    a, b = _tune(tiny_bert(), seed=1), _tune(tiny_bert(), seed=2)
+    pa = bu.save_bias_checkpoint(a, tmp_path / "a.safetensors")
+    pb = bu.save_bias_checkpoint(b, tmp_path / "b.safetensors")
+    base = tiny_bert()
+    original = _state(base)
+    bu.load_bias_checkpoint(base, pa)  # both load on the untouched base: it was fingerprinted and accepted
+    bu.load_bias_checkpoint(base, pb)
+    frozen = {n for n, g in bu.parameter_groups(base).items() if g == "frozen"}
+
+    change(base)
+
+    changed = _state(base)
+    assert [n for n in frozen if not torch.equal(changed[n], original[n])], "the change must hit a frozen weight"
+    for path in (pa, pb):  # the pack that was loaded last too
+        _expect_refusal(base, path, "frozen weights differ.*fingerprint mismatch")
+    assert all(torch.equal(changed[n], p) for n, p in base.named_parameters() if n not in frozen)  # b's, bit for bit
+
+    with torch.no_grad():  # the original base again: the packs fit again
+        for n, p in base.named_parameters():
+            if n in frozen:
+                p.copy_(original[n])
+    bu.load_bias_checkpoint(base, pa)
+    with torch.no_grad():
+        assert torch.equal(base(**inputs).logits, a(**inputs).logits)

@@ -157,6 +157,39 @@ def test_pack_round_trips_exactly(family, tmp_path):
     assert torch.equal(logits(fresh, family), tuned_logits)
 
 
+def test_partially_biased_qwen2_pack_round_trips_onto_a_fresh_copy_of_the_base(tmp_path):
+    """Plain apply_bitfit on Qwen2 (q/k/v biases only, none added): the pack holds those and the head."""
+    tuned = build("qwen2")
+    report = bu.apply_bitfit(tuned)
+    assert report.without_bias and all(".self_attn.q_proj" not in path for path in report.without_bias)
+    assert report.bias_terms == ["query", "key", "value"]  # not the groups whose layers all lack a bias
+    assert str(report).startswith("BitFit (query, key, value): ")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))  # "training"
+    params = dict(tuned.named_parameters())
+    path = bu.save_bias_checkpoint(tuned, tmp_path / "qwen2.safetensors")
+
+    tensors, meta = bu.read_bias_checkpoint(path)
+    expected = {n for n in params if n.endswith(".bias") or is_head("qwen2", n)}
+    assert set(tensors) == set(meta["trained"]) == expected and meta["bias_groups"] == ["query", "key", "value"]
+    assert {n.split(".")[-2] for n in expected if n.endswith(".bias")} == {"q_proj", "k_proj", "v_proj"}
+    assert all(torch.equal(tensors[n], params[n]) for n in expected)
+
+    fresh = build("qwen2")  # the same base, as loaded: no apply_bitfit, no added biases
+    assert not torch.equal(logits(fresh, "qwen2"), logits(tuned, "qwen2"))
+    bu.load_bias_checkpoint(fresh, path)
+    assert all(torch.equal(p, params[n]) for n, p in fresh.named_parameters())
+    assert torch.equal(logits(fresh, "qwen2"), logits(tuned, "qwen2"))
+
+    padded = build("qwen2")  # zero biases added: the pack has no values for them, so it is refused (a pack
+    bu.apply_bitfit(padded, add_missing_biases=True)  # loaded there would leave whatever they hold behind)
+    with pytest.raises(ValueError, match="lacks bias/head tensors"):
+        bu.load_bias_checkpoint(padded, path)
+
+
 def test_explicit_groups_on_other_families():
     gpt2 = build("gpt2")
     report = bu.apply_bitfit(gpt2, ["query_key_value"], train_head=False)
@@ -171,6 +204,9 @@ def test_explicit_groups_on_other_families():
     report = bu.apply_bitfit(build("qwen2"))  # all groups: the q/k/v biases it has, the others named
     assert report.trainable == 2 * (16 + 8 + 8) + bu.parameter_table(qwen2).loc["head", "parameters"]
     assert any(path.endswith("o_proj") for path in report.without_bias)
+    report = bu.apply_bitfit(build("qwen2"), ["query", "output"], train_head=False)  # one with biases, one without
+    assert report.trainable == 2 * 16 and report.bias_terms == ["query"]
+    assert [path.rpartition(".")[2] for path in report.without_bias] == ["down_proj", "down_proj"]
     llama = build("llama")
     report = bu.apply_bitfit(llama, ["gate"], train_head=False, add_missing_biases=True)
     assert report.trainable == 2 * 32 and llama.model.layers[0].mlp.up_proj.bias is None  # only what was selected

@@ -1,0 +1,136 @@
+"""Lean checkpoints: make_trainer keeps the best epoch's trainable tensors in memory, writes no checkpoint.
+
+Tiny BERT, a few token-id pairs, a few epochs: seconds. The epochs' tensors are captured by a
+callback of the test's own and compared exactly with what the model holds after ``train()``.
+"""
+
+import math
+from types import SimpleNamespace
+
+import datasets
+import pytest
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+import bitfit_utils as bu
+from lab.training import KeepBest, kept_epoch, make_trainer
+from conftest import tiny_bert
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """A tiny model gains nothing from threads; on a busy machine their waiting costs seconds per step."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pairs(n: int, seed: int) -> datasets.Dataset:
+    """``n`` random 'pairs' of token ids the tiny model understands, labels 0/1."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "token_type_ids": [], "attention_mask": [], "label": []}
+    for i in range(n):
+        length = 6 + i % 5
+        rows["input_ids"].append([2] + torch.randint(5, 30, (length,), generator=gen).tolist() + [3])
+        rows["token_type_ids"].append([0] * (length + 2))
+        rows["attention_mask"].append([1] * (length + 2))
+        rows["label"].append(i % 2)
+    return datasets.Dataset.from_dict(rows)
+
+
+class CaptureEpochs(TrainerCallback):
+    """Record ``(epoch, metric value, copy of the trainable tensors)`` at every evaluation that has ``metric``."""
+
+    def __init__(self, metric: str):
+        self.metric, self.epochs = metric, []
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if self.metric in (metrics or {}):
+            trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.epochs.append((round(state.epoch, 2), metrics[self.metric], trainable))
+
+
+def train_bitfit(tokenizer, out, eval_sets, select_by, scripted=None, epochs=4):
+    """BitFit on the tiny model with make_trainer; ``scripted``: fake metric values, one per evaluation."""
+    model = tiny_bert()
+    bu.apply_bitfit(model)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainer = make_trainer(model, tokenizer, pairs(24, seed=0), eval_sets, out, learning_rate=5e-2,
+                           epochs=epochs, batch_size=4, warmup=0.0, select_by=select_by, disable_tqdm=True)
+    capture = CaptureEpochs(f"eval_{select_by}")
+    trainer.add_callback(capture)
+    if scripted is not None:
+        values = iter(scripted)
+        trainer.compute_metrics = lambda eval_pred: {"mcc": next(values)}
+    trainer.train()
+    return model, trainer, capture, frozen
+
+
+def assert_holds(model, trainable):
+    params = dict(model.named_parameters())
+    assert set(trainable) == {n for n, p in params.items() if p.requires_grad}
+    assert all(torch.equal(params[n], t) for n, t in trainable.items())
+
+
+def test_best_validation_epoch_is_kept_and_nothing_is_written(tokenizer, tmp_path):
+    eval_sets = {"validation": pairs(12, seed=1), "dev": pairs(12, seed=2)}
+    model, trainer, capture, frozen = train_bitfit(tokenizer, tmp_path / "out", eval_sets, "validation_mcc")
+
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()] if (tmp_path / "out").exists() else []
+    assert not [p for p in written if "checkpoint" in str(p) or p.suffix in {".safetensors", ".bin", ".pt", ".pth"}]
+    assert [e for e, _, _ in capture.epochs] == [1.0, 2.0, 3.0, 4.0]
+    assert not torch.equal(*(capture.epochs[i][2]["classifier.weight"] for i in (0, -1)))  # training moved them
+    best = max(v for _, v, _ in capture.epochs)
+    epoch, _, trainable = next(c for c in capture.epochs if c[1] == best)  # the first epoch with the best value
+    assert kept_epoch(trainer) == epoch
+    assert_holds(model, trainable)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_an_earlier_best_epoch_is_restored_and_ties_keep_the_earlier(tokenizer, tmp_path):
+    model, trainer, capture, frozen = train_bitfit(tokenizer, tmp_path / "out", pairs(12, seed=1), "mcc",
+                                                   scripted=[0.2, 0.6, 0.6, 0.4])
+    assert [v for _, v, _ in capture.epochs] == [0.2, 0.6, 0.6, 0.4]
+    assert kept_epoch(trainer) == 2.0
+    kept = capture.epochs[1][2]
+    assert_holds(model, kept)
+    for later in (capture.epochs[2][2], capture.epochs[3][2]):  # the model did move on after epoch 2
+        assert not all(torch.equal(kept[n], later[n]) for n in kept)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_keep_best_copies_only_the_trainable_tensors(tokenizer, tmp_path):
+    model, trainer, _, _ = train_bitfit(tokenizer, tmp_path / "out", pairs(12, seed=1), "mcc", epochs=1)
+    keep = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, KeepBest))
+    params = dict(model.named_parameters())
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    assert sorted(keep._kept) == sorted(trainable) and len(keep._kept) < len(params)
+    assert sum(t.numel() for t in keep._kept.values()) == bu.count_parameters(model)[0]
+    assert all(t.data_ptr() != params[n].data_ptr() for n, t in keep._kept.items())  # copies, not views
+
+
+def test_select_by_none_keeps_the_last_epoch(tokenizer, tmp_path):
+    model, trainer, capture, _ = train_bitfit(tokenizer, tmp_path / "out", pairs(12, seed=1), None, epochs=2)
+    assert kept_epoch(trainer) is None
+    assert not any(isinstance(cb, KeepBest) for cb in trainer.callback_handler.callbacks)
+
+
+def test_on_evaluate_ties_keep_the_earlier_epoch_and_other_metrics_are_ignored():
+    model = nn.Linear(2, 2)
+    model.weight.requires_grad_(False)
+    keep, state = KeepBest("eval_mcc"), SimpleNamespace(epoch=0.0, log_history=[])
+    for epoch, bias, metrics in [(1.0, 1.0, {"eval_mcc": 0.5}), (1.0, 1.5, {"eval_dev_mcc": 0.9}),
+                                 (2.0, 2.0, {"eval_mcc": 0.5}), (3.0, 3.0, {"eval_mcc": 0.3}),
+                                 (4.0, 4.0, {"eval_mcc": math.nan}), (5.0, 5.0, None)]:
+        state.epoch = epoch
+        with torch.no_grad():
+            model.bias.fill_(bias)
+        keep.on_evaluate(None, state, None, model=model, metrics=metrics)
+    assert (keep.best_epoch, keep.best_value) == (1.0, 0.5)
+    assert list(keep._kept) == ["bias"] and torch.equal(keep._kept["bias"], torch.ones(2))
+    weight = model.weight.detach().clone()
+    keep.on_train_end(None, state, None, model=model)
+    assert torch.equal(model.bias, torch.ones(2)) and torch.equal(model.weight, weight)
+    assert state.log_history[-1] == {"epoch": 5.0, "kept_epoch": 1.0, "kept_eval_mcc": 0.5}
