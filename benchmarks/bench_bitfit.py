@@ -317,8 +317,10 @@ def machine(device) -> str:
 
 def pack_only(args, device) -> None:
     """``--pack-only``: the pack switch alone, on both shapes by default."""
-    results = {"machine": machine(device), "torch": torch.__version__, "shapes": {}}
-    print(f"# BitFit pack switch on {results['machine']} (torch {torch.__version__}), fp32")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results = {"machine": machine(device), "torch": torch.__version__, "load_average_1min": load, "shapes": {}}
+    print(f"# BitFit pack switch on {results['machine']} (torch {torch.__version__}), fp32; "
+          f"load average at the start {load:.1f} (other work sharing the machine makes every time longer)")
     for shape in args.shapes if args.shapes is not None else ["minilm", "bert-base"]:
         print(f"\n## {shape}")
         results["shapes"][shape] = {"pack": pack_switch(shape, args.quick, repeats=10 if args.quick else 50)}
