@@ -20,6 +20,8 @@ if "BITFIT_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data" / "m
 
 import lab.hub  # noqa: E402
 
+torch.set_num_threads(1)  # tiny models: one thread is as fast, and a busy machine does not slow every step
+
 TINY = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=32, max_position_embeddings=64, num_labels=2)
 
