@@ -122,7 +122,7 @@ def check_bias_count(model: torch.nn.Module, encoder_biases: int | None, head_pa
     head_bias = sum(p.numel() for n, p in reference.named_parameters() if group_of[n] == "head" and n.endswith(".bias"))
     details = dict(expected_biases=biases, expected_head=head)
     if encoder_biases != biases:
-        hint = (" You included the head's bias: it belongs to the head (the handout counts it twice)."
+        hint = (" You included the head's bias: it belongs to the head, so count it in head_params only."
                 if encoder_biases == biases + head_bias else
                 " Sum p.numel() over the parameters whose name ends in '.bias' and lies outside the head.")
         return _verdict(False, f"encoder_biases = {encoder_biases:,} is not the number of bias scalars "
