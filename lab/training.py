@@ -266,7 +266,8 @@ def time_estimate_text(costs: StepCosts, plans: list[PlannedTraining], model_nam
              f"{costs.batch_size}: " + ", ".join(f"{m} {s:.2f} s" for m, s in costs.step_seconds.items())
              + f" per step; scoring {1000 * costs.eval_pair_seconds:.1f} ms per pair."]
     for p in plans:
-        lines.append(f"  {p.label:<{width}}  {p.steps:>5} steps + {p.evals} evaluations of {p.eval_pairs} pairs"
+        lines.append(f"  {p.label:<{width}}  {p.steps:>5} steps + {p.evals} evaluation{'s' if p.evals != 1 else ''} of "
+                     f"{p.eval_pairs} pairs"
                      f"  ~ {_minutes(estimates[p.label])}" + ("  (only if you do it)" if p.label in optional else ""))
     lines.append(f"Trainings of this notebook: about {_minutes(total)} here (loading and the other cells add a "
                  "minute or two).")
@@ -376,7 +377,7 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
 
 
 _SKIP = ("runtime", "samples_per_second", "steps_per_second", "total_flos", "train_runtime", "train_samples",
-         "train_steps", "grad_norm", "learning_rate", "kept_")
+         "train_steps", "grad_norm", "learning_rate", "kept_", "step")
 
 
 def history_frame(trainer):
