@@ -261,9 +261,10 @@ def time_estimate_text(costs: StepCosts, plans: list[PlannedTraining], model_nam
     estimates = estimate_trainings(costs, plans)
     total = sum(s for label, s in estimates.items() if label not in optional)
     width = max(len(p.label) for p in plans)
-    lines = [f"Measured on this {costs.device} with {model_name}: {costs.timed_steps} optimizer steps per method on "
-             f"{costs.probe_pairs} pairs of {costs.tokens} tokens (the mean training pair), scaled to batch "
-             f"{costs.batch_size}: " + ", ".join(f"{m} {s:.2f} s" for m, s in costs.step_seconds.items())
+    scaled = f", scaled to batch {costs.batch_size}" if costs.probe_pairs != costs.batch_size else ""
+    lines = [f"Measured on this {costs.device} with {model_name} (median of {costs.timed_steps} optimizer steps per "
+             f"method, {costs.probe_pairs} pairs of {costs.tokens} tokens, the mean training pair{scaled}): "
+             + ", ".join(f"{m} {s:.2f} s" for m, s in costs.step_seconds.items())
              + f" per step; scoring {1000 * costs.eval_pair_seconds:.1f} ms per pair."]
     for p in plans:
         lines.append(f"  {p.label:<{width}}  {p.steps:>5} steps + {p.evals} evaluation{'s' if p.evals != 1 else ''} of "
@@ -305,23 +306,27 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
                        steps: int = 3, clock=time.perf_counter) -> StepCosts:
     """Time a few optimizer steps of each method, and the scoring of pairs, on this device.
 
-    Every probe pair is cut or padded to the mean length of (up to 256 of) ``pairs``, like the
-    batches the Trainer groups by length. The steps use AdamW with learning rate 0: the
-    weights do not change, and ``requires_grad`` is put back as it was. On a CPU the probe is
-    ``min(8, batch_size)`` pairs and the time is scaled to ``batch_size`` (a CPU's time grows
-    about linearly with the pairs); on a GPU the probe is a whole batch.
+    A probe batch of real training pairs, each cut or padded to the mean length of (up to 256 of)
+    ``pairs`` like the batches the Trainer groups by length, goes through one untimed step per
+    method (allocations, caches) and then ``steps`` timed ones; the median step counts, so that
+    one step slowed by another program does not. The steps use AdamW with learning rate 0: the
+    weights do not change, and ``requires_grad`` is put back as it was.
 
     Args:
         model: a sequence classifier (``load_model``); moved to the lab's device.
         pairs: a dataset with ``sentence1`` and ``sentence2`` (MRPC train).
         methods: names for ``lab.methods.setup_method``.
-        steps: timed steps per method, after one untimed step (allocations, caches).
+        probe_pairs: pairs per timed step (default: ``batch_size``); the time is scaled to
+            ``batch_size`` pairs (smaller probes overestimate: a step has fixed costs too).
+        steps: timed steps per method.
         clock: seconds as a float (tests pass a fake clock).
     """
+    import statistics
+
     from lab.methods import setup_method
 
     device = get_device()
-    probe = probe_pairs or (min(8, batch_size) if device.type == "cpu" else batch_size)
+    probe = probe_pairs or batch_size
     sample = pairs.select(range(min(len(pairs), 256)))
     first, second = list(sample["sentence1"]), list(sample["sentence2"])
     lengths = [len(ids) for ids in tokenizer(first, second, truncation=True, max_length=max_length)["input_ids"]]
@@ -334,18 +339,18 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
     was_trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     had_terms, terms = hasattr(model, "bitfit_bias_terms"), getattr(model, "bitfit_bias_terms", None)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def timed(work) -> float:
         work()  # untimed: the first call pays one-off costs
-        sync()
-        start = clock()
+        seconds = []
         for _ in range(steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = clock()
             work()
-        sync()
-        return (clock() - start) / steps
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(clock() - start)
+        return statistics.median(seconds)
 
     step_seconds = {}
     try:
@@ -374,7 +379,6 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
             del model.bitfit_bias_terms
         model.eval()
     return StepCosts(step_seconds, eval_pair_seconds, batch_size, probe, tokens, steps, device.type)
-
 
 _SKIP = ("runtime", "samples_per_second", "steps_per_second", "total_flos", "train_runtime", "train_samples",
          "train_steps", "grad_norm", "learning_rate", "kept_", "step")

@@ -105,12 +105,24 @@ def test_measuring_times_a_few_steps_per_method_and_leaves_the_model_as_it_was(m
     before = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
     measured = measure_step_costs(model, tokenizer, pairs, batch_size=32, probe_pairs=4, steps=3,
                                   clock=lambda: float(next(ticks)))
-    # each timed block reads the clock twice, one second apart: 1/3 s a step on 4 pairs -> x 8 for batch 32
-    assert measured.step_seconds == pytest.approx({"frozen": 8 / 3, "bitfit": 8 / 3, "full": 8 / 3})
-    assert measured.eval_pair_seconds == pytest.approx(1 / 3 / 4)
+    # every timed step reads the clock twice, one second apart: 1 s a step on 4 pairs -> x 8 for batch 32
+    assert measured.step_seconds == pytest.approx({"frozen": 8.0, "bitfit": 8.0, "full": 8.0})
+    assert measured.eval_pair_seconds == pytest.approx(1 / 4)
     assert (measured.probe_pairs, measured.timed_steps, measured.device, measured.batch_size) == (4, 3, "cpu", 32)
     assert measured.tokens == round(sum(len(tokenizer(a, b)["input_ids"]) for a, b in
                                         zip(pairs["sentence1"], pairs["sentence2"])) / len(pairs))
     for name, param in model.named_parameters():  # learning rate 0: no weight moved; flags put back
         assert torch.equal(param, before[name][0]) and param.requires_grad == before[name][1] and param.grad is None
     assert model.bitfit_bias_terms  # apply_bitfit's record survives the probe of the other methods
+
+
+def test_one_step_slowed_by_another_program_does_not_count(model, tokenizer, monkeypatch):
+    import datasets
+    import torch
+
+    monkeypatch.setattr(lab.training, "get_device", lambda: torch.device("cpu"))
+    readings = iter([0, 1, 1, 11, 11, 12] + [12, 13, 13, 14, 14, 15])  # bitfit: 1 s, 10 s, 1 s; scoring: 1 s each
+    pairs = datasets.Dataset.from_dict({"sentence1": ["the cat"] * 4, "sentence2": ["a cat"] * 4})
+    measured = measure_step_costs(model, tokenizer, pairs, ("bitfit",), batch_size=4, steps=3,
+                                  clock=lambda: float(next(readings)))
+    assert measured.step_seconds == {"bitfit": 1.0} and measured.probe_pairs == 4
