@@ -59,6 +59,30 @@ def plot_history(history, title: str = "Training curves", kept_epoch: float | No
     return fig
 
 
+def read_history(history, kept_epoch: float) -> str:
+    """``history_frame``'s table of the lab's two eval sets, read out in three lines (true for any run)."""
+    stuck = [f"{epoch:g}" for epoch, mcc in history["eval_validation_mcc"].items() if mcc == 0]
+    return "\n".join([
+        "Epochs with validation MCC 0 (one answer for every pair): " + (", ".join(stuck) or "none"),
+        f"Train loss {history['train_loss'].iloc[0]:.3f} after epoch 1, {history['train_loss'].iloc[-1]:.3f} after the "
+        f"last; validation loss lowest at epoch {history['eval_validation_loss'].idxmin():g}, dev loss lowest at epoch "
+        f"{history['eval_dev_loss'].idxmin():g}.",
+        f"Validation MCC highest at epoch {kept_epoch:g}: the model keeps that epoch's biases and head."])
+
+
+def plot_comparison(table, majority: float, title: str):
+    """Dev accuracy and F1 per method (02's section 6), with the accuracy of always answering the majority class."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    table[["dev_accuracy", "dev_f1"]].plot.bar(ax=ax, rot=0)
+    ax.axhline(100 * majority, color="grey", linestyle=":", linewidth=1, label="majority class: accuracy")
+    ax.set(title=title, xlabel="method", ylabel="score (%)", ylim=(50, 100))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _layer_label(name: str) -> str | None:
     """The layer a parameter belongs to: ``"3"``, ``"decoder.3"`` in a decoder, None outside the layers."""
     match = re.search(r"\.(\d+)\.", name)

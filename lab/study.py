@@ -7,8 +7,8 @@ sentences are built from the numbers they describe, so they stay true whatever t
 
 from __future__ import annotations
 
-import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 #: (learning rate, max epochs) per method until the study's grid has chosen; the epochs are the
@@ -166,3 +166,93 @@ def this_run_sentences(table, majority_accuracy: float, dev_pairs: int) -> list[
         said.append(f"Frozen {z.dev_accuracy:.1f}，全部猜 equivalent 是 {majority_accuracy:.1f}"
                     + (f"：高出 {above:.1f} 分。" if above >= 100 / dev_pairs else "：停在多數類。"))
     return said
+
+
+# ----- 02's run settings: the study's choice or the defaults, and what QUICK and DEMO change -------------------
+
+#: The instructor demo on a CPU (``BITFIT_DEMO=1``): the offline model, half the pairs per step, BitFit at the
+#: rate whose escape from the majority class was measured, fewer epochs, no Full FT. Designed for <= 6 minutes
+#: of 02 on a 2-core CPU (see ``run_settings``).
+DEMO_CPU = {"batch_size": 16, "epochs": {"bitfit": 3, "frozen": 1}, "bitfit_lr": 1e-3, "section_6": ["frozen"]}
+
+
+@dataclass
+class RunSettings:
+    """What 02 trains: learning rate and most epochs per method, batch, training pairs, model; ``note`` says why."""
+
+    lr: dict[str, float]
+    epochs: dict[str, int]
+    batch_size: int
+    train_subset: int | None  # None: every training pair
+    model_name: str | None
+    section_6: list[str]  # trained in section 6 beside section 3's BitFit
+    note: str
+
+
+def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
+                 results_dir: str | os.PathLike = "results", batch_size: int = 32) -> RunSettings:
+    """02's settings: the study's chosen (lr, max epochs) where it has chosen, else ``DEFAULT_SETTINGS``.
+
+    ``quick`` (CI): 256 training pairs, one epoch each. ``demo`` on a CPU: ``DEMO_CPU``, with every
+    trade printed in ``note``; on a GPU the demo changes nothing. The note names each setting's source.
+
+    The demo's budget, from per-epoch times measured on an idle 2-core CPU with 2 threads (BitFit about
+    65 s, Full FT about 100 s an epoch of MRPC train at batch 32) and from an earlier demo in which BitFit
+    at 1e-3, constant after warm-up, left the majority class during its fourth epoch at batch 32: BitFit
+    gets 3 epochs at batch 16 (about 620 steps, a third more than the steps after which it had left the
+    majority class, to allow for noisier small batches) for about the compute of 1.5 epochs at batch 32;
+    Frozen one epoch; Full FT, about 100 s an epoch, is left to the study's table.
+    """
+    from lab.models import OFFLINE_MODEL
+
+    chosen = study_settings(results_dir)
+    settings = {m: chosen.get(m, DEFAULT_SETTINGS[m]) for m in ("bitfit", "frozen", "full")}
+    lr = {m: rate for m, (rate, _) in settings.items()}
+    epochs = {m: n for m, (_, n) in settings.items()}
+    lines = ["Learning rate and most epochs per method:", settings_note(settings, chosen, results_dir)]
+    subset, section_6 = None, ["frozen", "full"]
+    if quick:
+        subset, epochs = 256, {m: 1 for m in epochs}
+        lines.append(f"QUICK: {subset} training pairs, 1 epoch per method; the scores only show that the code runs.")
+    elif demo and device != "cpu":
+        lines.append("DEMO on a GPU: the settings above run unchanged (section 0 estimates their time here).")
+    elif demo:
+        model_name = model_name or OFFLINE_MODEL
+        d = DEMO_CPU
+        lines.append(
+            f"DEMO on a CPU trades away: model {model_name}; batch {d['batch_size']} instead of {batch_size}; BitFit "
+            f"at lr {lr_text(d['bitfit_lr'])} for at most {d['epochs']['bitfit']} epochs (not {epochs['bitfit']}); "
+            f"Frozen {d['epochs']['frozen']} epoch (not {epochs['frozen']}); Full FT is not trained (section 7 has "
+            "the study's tuned Full FT). One seed, fewer steps: lower and noisier scores than the full settings.")
+        batch_size, section_6 = d["batch_size"], list(d["section_6"])
+        epochs, lr = {**epochs, **d["epochs"]}, {**lr, "bitfit": d["bitfit_lr"]}
+    return RunSettings(lr, epochs, batch_size, subset, model_name, section_6, "\n".join(lines))
+
+
+def planned_trainings(run: RunSettings, train_pairs: int, eval_pairs: int):
+    """02's trainings in order: section 3's BitFit, section 6's methods, exercise 3 (one BitFit epoch)."""
+    from lab.training import plan_training
+
+    n = run.train_subset or train_pairs
+    return [plan_training("section 3: BitFit", "bitfit", n, run.batch_size, run.epochs["bitfit"], eval_pairs),
+            *(plan_training(f"section 6: {METHOD_NAMES[m]}", m, n, run.batch_size, run.epochs[m], eval_pairs)
+              for m in run.section_6),
+            plan_training("exercise 3", "bitfit", n, run.batch_size, 1, eval_pairs)]
+
+
+def comparison_table(trainers: dict, run: RunSettings):
+    """02's section 6: one row per trained method, its settings and its scores at the kept epoch."""
+    import pandas as pd
+
+    from bitfit_utils import count_parameters
+    from lab.training import history_frame, kept_row
+
+    rows = []
+    for method, trainer in trainers.items():
+        row, (trainable, total) = kept_row(trainer), count_parameters(trainer.model)
+        rows.append({"method": METHOD_NAMES[method], "lr": lr_text(run.lr[method]), "max_epochs": run.epochs[method],
+                     "steps": trainer.state.global_step, "kept_epoch": row.name, "trainable": trainable,
+                     "trainable_%": 100 * trainable / total, "validation_mcc": row["eval_validation_mcc"],
+                     "dev_accuracy": 100 * row["eval_dev_accuracy"], "dev_f1": 100 * row["eval_dev_f1"],
+                     "train_s": history_frame(trainer)["train_seconds"].iloc[-1]})
+    return pd.DataFrame(rows).set_index("method")

