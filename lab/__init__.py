@@ -4,9 +4,10 @@
 - ``lab.hub``: is the Hugging Face Hub there; offline mode; prefetch.
 - ``lab.data``: GLUE MRPC from a local folder or the Hub; tokenizing.
 - ``lab.models``: loading the model (Hub or the offline MiniLM); device; prediction.
-- ``lab.training``: the Trainer set up the lab's way; metrics; history; time estimate.
+- ``lab.training``: the Trainer set up the lab's way; metrics; history; the time estimate before training.
 - ``lab.analysis``: training curves, bias changes, sizes and latency.
 - ``lab.methods``: the methods compared with BitFit: frozen and full baselines, LoRA, BEFT (peft).
+- ``lab.study``: 02's run settings (the study's choice or defaults; QUICK, DEMO), the study's headline.
 - ``lab.families``: where the biases sit in architectures other than BERT's.
 - ``lab.checks``: the self-checks of the exercises.
 

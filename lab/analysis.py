@@ -15,20 +15,70 @@ from torch import nn
 from bitfit_utils import BIAS_GROUPS, parameter_groups
 
 
-def plot_history(history, title: str = "Training curves"):
-    """Training loss and dev accuracy/F1 per epoch, side by side."""
+def plot_history(history, title: str = "Training curves", kept_epoch: float | None = None,
+                 majority: float | None = None):
+    """Loss and scores per epoch, from ``history_frame``.
+
+    With a single eval set (``eval_loss``, ``eval_accuracy``, ...): loss and dev accuracy/F1.
+    With the lab's two sets (``eval_validation_*``, ``eval_dev_*``): loss, accuracy and F1 of
+    both, and validation MCC, the measure that picks the epoch.
+
+    Args:
+        kept_epoch: the epoch the model holds after training (``kept_epoch(trainer)``): a vertical line.
+        majority: accuracy (a fraction) of predicting the majority class everywhere: a horizontal line.
+    """
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax1.plot(history.index, history["train_loss"], "o-", label="train")
-    if "eval_loss" in history:
-        ax1.plot(history.index, history["eval_loss"], "s--", label="dev")
-    ax1.set(title=f"{title}: loss", xlabel="epoch", ylabel="cross-entropy loss (nats)")
-    ax1.legend()
-    for key, label in (("eval_accuracy", "accuracy"), ("eval_f1", "F1")):
-        ax2.plot(history.index, 100 * history[key], "o-", label=label)
-    ax2.set(title=f"{title}: dev metrics", xlabel="epoch", ylabel="score (%)")
-    ax2.legend()
+    sets = [s for s in ("validation", "dev") if f"eval_{s}_loss" in history] or [""]
+    prefix = {s: f"eval_{s}_" if s else "eval_" for s in sets}
+    panels = 3 if "eval_validation_mcc" in history else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5))
+    axes[0].plot(history.index, history["train_loss"], "o-", label="train")
+    for s in sets:
+        if f"{prefix[s]}loss" in history:
+            axes[0].plot(history.index, history[f"{prefix[s]}loss"], "s--", label=s or "dev")
+    axes[0].set(title=f"{title}: loss", xlabel="epoch", ylabel="cross-entropy loss (nats)")
+    for s in sets:
+        for key, label in (("accuracy", "accuracy"), ("f1", "F1")):
+            if f"{prefix[s]}{key}" in history:
+                axes[1].plot(history.index, 100 * history[f"{prefix[s]}{key}"], "o-" if key == "accuracy" else "^:",
+                             label=f"{s or 'dev'} {label}")
+    if majority is not None:
+        axes[1].axhline(100 * majority, color="grey", linewidth=1, linestyle=":", label="majority class")
+    axes[1].set(title=f"{title}: accuracy and F1", xlabel="epoch", ylabel="score (%)")
+    if panels == 3:
+        axes[2].plot(history.index, history["eval_validation_mcc"], "o-", color="tab:purple")
+        axes[2].axhline(0, color="grey", linewidth=1, linestyle=":")
+        axes[2].set(title="validation MCC (picks the epoch)", xlabel="epoch", ylabel="MCC")
+    for ax in axes:
+        if kept_epoch is not None:
+            ax.axvline(kept_epoch, color="black", linewidth=1, alpha=0.4, label="kept epoch" if ax is axes[0] else None)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def read_history(history, kept_epoch: float) -> str:
+    """``history_frame``'s table of the lab's two eval sets, read out in three lines (true for any run)."""
+    stuck = [f"{epoch:g}" for epoch, mcc in history["eval_validation_mcc"].items() if mcc == 0]
+    return "\n".join([
+        "Epochs with validation MCC 0 (one answer for every pair): " + (", ".join(stuck) or "none"),
+        f"Train loss {history['train_loss'].iloc[0]:.3f} after epoch 1, {history['train_loss'].iloc[-1]:.3f} after the "
+        f"last; validation loss lowest at epoch {history['eval_validation_loss'].idxmin():g}, dev loss lowest at epoch "
+        f"{history['eval_dev_loss'].idxmin():g}.",
+        f"Validation MCC highest at epoch {kept_epoch:g}: the model keeps that epoch's biases and head."])
+
+
+def plot_comparison(table, majority: float, title: str):
+    """Dev accuracy and F1 per method (02's section 6), with the accuracy of always answering the majority class."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    table[["dev_accuracy", "dev_f1"]].plot.bar(ax=ax, rot=0)
+    ax.axhline(100 * majority, color="grey", linestyle=":", linewidth=1, label="majority class: accuracy")
+    ax.set(title=title, xlabel="method", ylabel="score (%)", ylim=(50, 100))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

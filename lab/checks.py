@@ -24,6 +24,7 @@ import copy
 import functools
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -31,7 +32,7 @@ import torch
 
 import bitfit_utils as bu
 from lab.models import load_model, predict
-from lab.training import history_frame, make_trainer, set_seed
+from lab.training import history_frame, make_trainer, run_facts, set_seed
 
 
 @dataclass
@@ -121,7 +122,7 @@ def check_bias_count(model: torch.nn.Module, encoder_biases: int | None, head_pa
     head_bias = sum(p.numel() for n, p in reference.named_parameters() if group_of[n] == "head" and n.endswith(".bias"))
     details = dict(expected_biases=biases, expected_head=head)
     if encoder_biases != biases:
-        hint = (" You included the head's bias: it belongs to the head (the handout counts it twice)."
+        hint = (" You included the head's bias: it belongs to the head, so count it in head_params only."
                 if encoder_biases == biases + head_bias else
                 " Sum p.numel() over the parameters whose name ends in '.bias' and lies outside the head.")
         return _verdict(False, f"encoder_biases = {encoder_biases:,} is not the number of bias scalars "
@@ -243,27 +244,61 @@ def _mean_bias_change(model: torch.nn.Module, base: torch.nn.Module) -> float:
     return torch.cat(diffs).mean().item()
 
 
+def _first_epoch_text(row: Mapping[str, float]) -> str:
+    """Train loss, then loss and accuracy on the set that was scored (validation, else dev)."""
+    split, key = next(((s, k) for s, k in (("validation", "eval_validation_"), ("dev", "eval_")) if f"{k}loss" in row),
+                      ("dev", "eval_"))
+    return (f"train loss {row.get('train_loss', float('nan')):.4f}, {split} loss {row.get(f'{key}loss', float('nan')):.4f}, "
+            f"{split} accuracy {row.get(f'{key}accuracy', float('nan')):.3f}")
+
+
+def _bitfit_run(run, base_model: torch.nn.Module | None):
+    """Section 3's BitFit run as the check needs it: ``(model, facts, base_model)`` or a verdict.
+
+    ``run`` is the trained ``Trainer`` or the bias pack section 5 saved (with ``run_facts``).
+    """
+    if isinstance(run, (str, os.PathLike)):
+        if not os.path.isfile(run):
+            return _verdict(False, f"no pack at '{run}': run sections 3 and 5 of 02 first (section 3 trains "
+                                   "BitFit, section 5 saves the pack).")
+        _, meta = bu.read_bias_checkpoint(run)
+        facts = meta.get("user") or {}
+        if not {"learning_rate", "train_pairs", "steps", "first_epoch"} <= set(facts):
+            return _verdict(False, f"the pack '{run}' does not say how it was trained: run section 5 of 02 "
+                                   "again (it saves the run's facts with the pack).")
+        if base_model is None:
+            base_model, _ = load_model(meta["base_model"], verbose=False)
+        model = copy.deepcopy(base_model)
+        bu.load_bias_checkpoint(model, run)
+        return model, facts, base_model
+    if run is None or not run.state.global_step:
+        return _verdict(False, "section 3's BitFit run is missing: run section 3, or pass the pack section 5 "
+                               "saved (packs/mrpc_bitfit.safetensors).")
+    if base_model is None:
+        base_model, _ = load_model(run.model.name_or_path, verbose=False)
+    return run.model, run_facts(run), base_model
+
+
 @_never_raises
-def check_small_lr_run(slow_trainer, fast_trainer, base_model: torch.nn.Module | None = None,
+def check_small_lr_run(slow_trainer, bitfit_run, base_model: torch.nn.Module | None = None,
                        learning_rate: float = 2e-5, max_ratio: float = 0.2) -> CheckResult:
-    """Exercise 02.3: a BitFit run with a full-FT learning rate, compared with the 1e-3 run.
+    """Exercise 02.3: a BitFit run with a full-FT learning rate, compared with section 3's BitFit run.
 
     Verifies on the student's trainer that the optimizer really used ``learning_rate``
     on exactly the BitFit parameters (all biases + head), for at least one epoch of
-    a training set as large as the 1e-3 run's, starting from the pre-trained model;
+    a training set as large as section 3's, starting from the pre-trained model;
     then that its biases moved less than ``max_ratio`` times as far from the
-    pre-trained values as the 1e-3 run's did.
+    pre-trained values as section 3's did.
 
     Args:
         slow_trainer: the student's trained ``Trainer`` (learning rate ``learning_rate``).
-        fast_trainer: the notebook's BitFit ``Trainer`` (learning rate 1e-3), trained.
+        bitfit_run: section 3's trained BitFit ``Trainer``, or (after a restart) the path of the
+            bias pack section 5 saved with ``run_facts`` in its metadata.
         base_model: the pre-trained model; loaded by name when None.
     """
     if (missing := _unfilled(slow_trainer=slow_trainer)) is not None:
         return missing
-    if fast_trainer is None or not fast_trainer.state.global_step:
-        return _verdict(False, "the 1e-3 run (section 3's `trainer`) is missing or untrained: run section 3 first.")
-    if slow_trainer is fast_trainer or slow_trainer.model is fast_trainer.model:
+    if slow_trainer is bitfit_run or slow_trainer.model is getattr(bitfit_run, "model", None):
         return _verdict(False, "this is section 3's model: start from a freshly loaded model.")
     if getattr(slow_trainer, "optimizer", None) is None or not slow_trainer.state.global_step:
         return _verdict(False, "slow_trainer has not trained yet: call slow_trainer.train().")
@@ -283,16 +318,18 @@ def check_small_lr_run(slow_trainer, fast_trainer, base_model: torch.nn.Module |
     if in_optimizer != {id(p) for n, p in model.named_parameters() if n in trainable}:
         return _verdict(False, "the optimizer does not hold exactly the BitFit parameters: build the trainer with "
                                "make_trainer after bu.apply_bitfit, and train it with .train().")
-    n_slow, n_fast = len(slow_trainer.train_dataset), len(fast_trainer.train_dataset)
+    found = _bitfit_run(bitfit_run, base_model)
+    if isinstance(found, CheckResult):
+        return found
+    fast_model, facts, base_model = found
+    n_slow, n_fast = len(slow_trainer.train_dataset), int(facts["train_pairs"])
     if n_slow != n_fast or slow_trainer.state.epoch < 1 - 1e-6:
         return _verdict(False, f"train one full epoch on the same train_set (this run: {n_slow} pairs, "
                                f"{slow_trainer.state.epoch:.2f} epochs; section 3: {n_fast} pairs).")
-    if base_model is None:
-        base_model, _ = load_model(fast_trainer.model.name_or_path, verbose=False)
     slow_change = _mean_bias_change(model, base_model)
-    fast_change = _mean_bias_change(fast_trainer.model, base_model)
-    steps_slow, steps_fast = slow_trainer.state.global_step, fast_trainer.state.global_step
-    slow_lr, fast_lr = _lr(learning_rate), _lr(fast_trainer.args.learning_rate)
+    fast_change = _mean_bias_change(fast_model, base_model)
+    steps_slow, steps_fast = slow_trainer.state.global_step, max(1, int(facts["steps"]))
+    slow_lr, fast_lr = _lr(learning_rate), _lr(float(facts["learning_rate"]))
     details = dict(slow_change=slow_change, fast_change=fast_change, steps_slow=steps_slow, steps_fast=steps_fast,
                    ratio=slow_change / fast_change if fast_change else math.inf)
     if not slow_change < max_ratio * fast_change:
@@ -300,16 +337,11 @@ def check_small_lr_run(slow_trainer, fast_trainer, base_model: torch.nn.Module |
                                f"{fast_change:.2e}: a {slow_lr} run should move them far less. Did it start from "
                                "the pre-trained model (a fresh load_model), not from an already trained one?",
                         **details)
-    first = "; ".join(
-        f"lr {lr}: train loss {h.get('train_loss', float('nan')):.4f}, {split} loss {h[f'{key}loss']:.4f}, "
-        f"{split} accuracy {h[f'{key}accuracy']:.3f}"
-        for lr, h in ((slow_lr, history_frame(slow_trainer).iloc[0]),
-                      (fast_lr, history_frame(fast_trainer).iloc[0]))
-        for split, key in [next((s, k) for s, k in (("validation", "eval_validation_"), ("dev", "eval_"))
-                                if f"{k}loss" in h)])
+    first = (f"lr {slow_lr}: {_first_epoch_text(history_frame(slow_trainer).iloc[0].to_dict())}; "
+             f"lr {fast_lr}: {_first_epoch_text(facts['first_epoch'])}")
     return _verdict(True, f"lr {slow_lr} on the {len(trainable)} BitFit tensors for {steps_slow} steps. "
                           f"Mean |b - b0|: {slow_change:.2e} at lr {slow_lr} ({slow_change / steps_slow:.1e} per step) "
-                          f"vs {fast_change:.2e} at lr {fast_lr} ({steps_fast} steps, "
+                          f"vs {fast_change:.2e} at lr {fast_lr} ({steps_fast} steps to the kept epoch, "
                           f"{fast_change / steps_fast:.1e} per step). First epoch: {first}.", **details)
 
 

@@ -14,7 +14,7 @@ import bitfit_utils as bu
 from lab.data import LABEL_NAMES
 from lab.methods import setup_method
 from lab.models import predict
-from lab.training import make_trainer, set_seed
+from lab.training import make_trainer, run_facts, set_seed
 from lab import checks as lc
 from conftest import ROOT, tiny_bert
 
@@ -161,6 +161,26 @@ def test_small_lr_run(tokenizer, tiny_train_set, tmp_path):
                                 learning_rate=2e-5, epochs=1, select_by=None)
     assert_not_yet(lc.check_small_lr_run(untrained, fast, tiny_bert()), ".train()")
     assert_not_yet(lc.check_small_lr_run(fast, fast, tiny_bert()), "freshly loaded")
+
+
+def test_small_lr_run_against_the_pack_after_a_restart(tokenizer, tiny_train_set, tmp_path):
+    """A restarted kernel has no section-3 trainer: the check reads the pack section 5 saved instead."""
+    fast = tiny_run(tokenizer, tiny_train_set, tmp_path / "fast", 1e-3, evaluate=True)
+    pack = bu.save_bias_checkpoint(fast.model, tmp_path / "bitfit.safetensors", **run_facts(fast))
+    slow = tiny_run(tokenizer, tiny_train_set, tmp_path / "slow", 2e-5, evaluate=True)
+    from_trainer = lc.check_small_lr_run(slow, fast, tiny_bert())
+    from_pack = lc.check_small_lr_run(slow, pack, tiny_bert())
+    assert_correct(from_pack)
+    assert from_pack.details == pytest.approx(from_trainer.details)  # the same facts, from the file
+
+    same_lr = tiny_run(tokenizer, tiny_train_set, tmp_path / "same", 1e-3)
+    assert_not_yet(lc.check_small_lr_run(same_lr, pack, tiny_bert()), "learning rate")
+    short = tiny_run(tokenizer, tiny_train_set.select(range(8)), tmp_path / "short", 2e-5)
+    assert_not_yet(lc.check_small_lr_run(short, pack, tiny_bert()), "same train_set")
+    bare = bu.save_bias_checkpoint(fast.model, tmp_path / "bare.safetensors", task="mrpc")
+    assert_not_yet(lc.check_small_lr_run(slow, bare, tiny_bert()), "does not say how it was trained")
+    assert_not_yet(lc.check_small_lr_run(slow, tmp_path / "none.safetensors", tiny_bert()), "no pack at")
+    assert_not_yet(lc.check_small_lr_run(slow, None, tiny_bert()), "section 3")
 
 
 # -- 03 ---------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import pytest
+
 import bitfit_utils as bu
 import lab.training
 from lab.data import tokenize_pairs
@@ -45,3 +47,82 @@ def test_make_trainer_prints_an_estimate(model, tokenizer, tmp_path, capsys):
                               batch_size=2, select_by=None, disable_tqdm=True)
     trainer.train()
     assert "Time estimate" in capsys.readouterr().out
+
+
+# -- the estimate of a whole notebook, printed before it trains --------------------------------
+
+from lab.training import (LONG_RUN_S, LongRunStopped, StepCosts, check_long_run, estimate_trainings,  # noqa: E402
+                          measure_step_costs, plan_training, planned_seconds, time_estimate_text)
+
+
+def costs(**step_seconds):
+    return StepCosts(step_seconds or {"bitfit": 0.5, "full": 1.0}, eval_pair_seconds=0.01, batch_size=32,
+                     probe_pairs=8, tokens=53, timed_steps=3, device="cpu")
+
+
+def test_a_plan_counts_steps_per_epoch_rounded_up_and_one_evaluation_per_epoch():
+    plan = plan_training("BitFit", "bitfit", train_pairs=3301, batch_size=32, epochs=6, eval_pairs=775)
+    assert (plan.steps, plan.evals, plan.eval_pairs) == (104 * 6, 6, 775)  # 3301 / 32 = 103.2 -> 104 steps
+    assert plan_training("x", "full", 64, 32, 1, 0).steps == 2
+
+
+def test_planned_seconds_are_steps_times_their_cost_plus_the_scored_pairs():
+    assert planned_seconds(0.5, 100, 2, 300, 0.01) == 50 + 6
+    plans = [plan_training("a", "bitfit", 320, 32, 2, 100), plan_training("b", "full", 320, 32, 1, 100)]
+    assert estimate_trainings(costs(), plans) == {"a": 0.5 * 20 + 2 * 100 * 0.01, "b": 1.0 * 10 + 100 * 0.01}
+
+
+def test_the_text_lists_each_training_the_total_and_the_switches():
+    plans = [plan_training("section 3 BitFit", "bitfit", 3200, 32, 6, 775),
+             plan_training("exercise 3", "bitfit", 3200, 32, 1, 775)]
+    text = time_estimate_text(costs(), plans, "bert-base-uncased", optional=("exercise 3",))
+    total = estimate_trainings(costs(), plans)["section 3 BitFit"]  # the exercise is not in the total
+    assert f"about {total / 60:.1f} min" in text and "only if you do it" in text
+    assert "BITFIT_DEMO=1" in text and OFFLINE_MODEL in text and "Colab" in text
+    assert "ALLOW_LONG_RUN" not in text  # short: no warning
+    long_text = time_estimate_text(costs(bitfit=20.0), plans, "bert-base-uncased")
+    assert "more than an hour" in long_text and "ALLOW_LONG_RUN = True" in long_text
+
+
+def test_a_run_of_more_than_an_hour_stops_unless_allowed():
+    plans = [plan_training("BitFit", "bitfit", 32 * 100, 32, 1, 0)]
+    short, long = costs(bitfit=LONG_RUN_S / 100 - 1), costs(bitfit=LONG_RUN_S / 100 + 1)
+    check_long_run(short, plans, allowed=False)
+    check_long_run(long, plans, allowed=True)
+    with pytest.raises(LongRunStopped, match="ALLOW_LONG_RUN = True"):
+        check_long_run(long, plans, allowed=False)
+    check_long_run(long, plans, allowed=False, optional=("BitFit",))  # optional trainings never stop it
+
+
+def test_measuring_times_a_few_steps_per_method_and_leaves_the_model_as_it_was(model, tokenizer, monkeypatch):
+    import datasets
+    import torch
+
+    monkeypatch.setattr(lab.training, "get_device", lambda: torch.device("cpu"))
+    ticks = iter(range(1000))  # a fake clock: every reading is one second after the previous one
+    pairs = datasets.Dataset.from_dict({"sentence1": ["the cat", "a cat sat"] * 4, "sentence2": ["a cat"] * 8})
+    bu.apply_bitfit(model)
+    before = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
+    measured = measure_step_costs(model, tokenizer, pairs, batch_size=32, probe_pairs=4, steps=3,
+                                  clock=lambda: float(next(ticks)))
+    # every timed step reads the clock twice, one second apart: 1 s a step on 4 pairs -> x 8 for batch 32
+    assert measured.step_seconds == pytest.approx({"frozen": 8.0, "bitfit": 8.0, "full": 8.0})
+    assert measured.eval_pair_seconds == pytest.approx(1 / 4)
+    assert (measured.probe_pairs, measured.timed_steps, measured.device, measured.batch_size) == (4, 3, "cpu", 32)
+    assert measured.tokens == round(sum(len(tokenizer(a, b)["input_ids"]) for a, b in
+                                        zip(pairs["sentence1"], pairs["sentence2"])) / len(pairs))
+    for name, param in model.named_parameters():  # learning rate 0: no weight moved; flags put back
+        assert torch.equal(param, before[name][0]) and param.requires_grad == before[name][1] and param.grad is None
+    assert model.bitfit_bias_terms  # apply_bitfit's record survives the probe of the other methods
+
+
+def test_one_step_slowed_by_another_program_does_not_count(model, tokenizer, monkeypatch):
+    import datasets
+    import torch
+
+    monkeypatch.setattr(lab.training, "get_device", lambda: torch.device("cpu"))
+    readings = iter([0, 1, 1, 11, 11, 12] + [12, 13, 13, 14, 14, 15])  # bitfit: 1 s, 10 s, 1 s; scoring: 1 s each
+    pairs = datasets.Dataset.from_dict({"sentence1": ["the cat"] * 4, "sentence2": ["a cat"] * 4})
+    measured = measure_step_costs(model, tokenizer, pairs, ("bitfit",), batch_size=4, steps=3,
+                                  clock=lambda: float(next(readings)))
+    assert measured.step_seconds == {"bitfit": 1.0} and measured.probe_pairs == 4

