@@ -158,7 +158,7 @@ def estimate_seconds(s_per_step: float, steps: int, evals: int, eval_pairs: int,
         eval_pairs: pairs scored each time.
         batch_size: training pairs per step.
     """
-    return s_per_step * (steps + evals * eval_pairs / batch_size / 3)
+    return planned_seconds(s_per_step, steps, evals, eval_pairs, eval_pair_seconds=s_per_step / batch_size / 3)
 
 
 def faster_paths_hint(seconds: float, device: str) -> str:
