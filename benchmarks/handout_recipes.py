@@ -47,3 +47,50 @@ def handout_adaptive_bias_initialization(model: nn.Module, task_type: str) -> No
     for name, param in model.named_parameters():
         if ".bias" in name and param.requires_grad:
             nn.init.normal_(param, mean=strategy["mean"], std=strategy["std"])
+
+
+# ----- what the two recipes do, counted on a fresh model (02's section 7) --------------------------------------
+
+
+def trainable_by_recipe(load_fresh_model, lora_r: int = 4):
+    """Trainable parameters per group: LoRA alone, BitFit + LoRA done right, and the handout's class.
+
+    ``load_fresh_model()`` returns a newly loaded pre-trained model; each recipe gets its own.
+    """
+    import pandas as pd
+
+    import bitfit_utils as bu
+    from lab.methods import apply_lora
+
+    recipes = {"LoRA (bias='none')": lambda m: apply_lora(m, r=lora_r, bias="none"),
+               "BitFit + LoRA (bias='all')": lambda m: apply_lora(m, r=lora_r, bias="all"),
+               "handout's BitFitLoRA": lambda m: HandoutBitFitLoRA(m, lora_r=lora_r).peft_model}
+    table = {name: bu.parameter_table(wrap(load_fresh_model()))["trainable"] for name, wrap in recipes.items()}
+    return pd.DataFrame(table).drop(index="frozen")
+
+
+def adaptive_init_effect(model: nn.Module, seed: int):
+    """Per bias group of a pre-trained ``model``: mean |b| before and after the handout's initialisation,
+    and the correlation between the two (1: kept, 0: unrelated). The model's biases are overwritten."""
+    import pandas as pd
+    import torch
+
+    import bitfit_utils as bu
+    from lab.training import set_seed
+
+    bu.apply_bitfit(model)
+    group_of = bu.parameter_groups(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if group_of[n] in bu.BIAS_GROUPS}
+    set_seed(seed)  # the handout's init draws random numbers
+    handout_adaptive_bias_initialization(model, "classification")
+    after = dict(model.named_parameters())
+    rows = []
+    for group in bu.BIAS_GROUPS:
+        names = [n for n in before if group_of[n] == group]
+        if names:
+            b0 = torch.cat([before[n].flatten() for n in names])
+            b1 = torch.cat([after[n].detach().flatten() for n in names])
+            rows.append({"group": group, "pre-trained mean |b|": b0.abs().mean().item(),
+                         "after the handout's init": b1.abs().mean().item(),
+                         "correlation before/after": torch.corrcoef(torch.stack([b0, b1]))[0, 1].item()})
+    return pd.DataFrame(rows).set_index("group")

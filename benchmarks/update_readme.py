@@ -12,7 +12,7 @@ Blocks of results/README.md: ``study-design`` (the rule's grids and seeds, from 
 ``study-progress`` (runs done of the plan), ``study-results`` (grid, methods, ablations, time-to-accuracy
 and the plot, where written), ``v1`` (the old study's curve and groups, labelled with their rule),
 ``perf`` (benchmarks/bench_bitfit.py's outputs) and ``claims`` (the handout's claims, checked).
-Block of README.md: ``summary``.
+Blocks of README.md: ``summary``, ``demo`` (benchmarks/time_demo.py's measurement of the instructor demo).
 
     python benchmarks/update_readme.py            # rewrite both files
     python benchmarks/update_readme.py --check    # exit 1 if either is out of date (a test runs this)
@@ -500,6 +500,21 @@ def summary_block(results: Path) -> str:
     return "\n".join(out)
 
 
+def demo_block(results: Path) -> str:
+    """README's instructor section: the demo as benchmarks/time_demo.py measured it (results/demo_cpu.json)."""
+    import json
+
+    path = results / "demo_cpu.json"
+    if not path.exists():
+        return "示範的時間由 `python benchmarks/time_demo.py` 量測（從乾淨的副本執行整本 02），寫入 `results/demo_cpu.json`。"
+    d = json.loads(path.read_text(encoding="utf-8"))
+    return (f"量測（`benchmarks/time_demo.py`，{d['date']}，{machine(d['machine'])}，開始前 load average "
+            f"{d['loadavg_1min_before']}，commit `{d['commit'][:7]}`）：從乾淨的副本以 `BITFIT_DEMO=1` 執行整本 02 共 "
+            f"**{d['wall_seconds']:.0f} 秒**；BitFit（lr {d['bitfit_lr']}，最多 {d['bitfit_max_epochs']} 個 epoch）留下第 "
+            f"{d['bitfit_kept_epoch']:g} 個 epoch，dev accuracy **{d['bitfit_dev_accuracy']:.1f}**、F1 {d['bitfit_dev_f1']:.1f}"
+            f"（一個 seed；全部猜 equivalent 是 {d['dev_majority_accuracy']:.1f}）。")
+
+
 # ----- both pages ------------------------------------------------------------------------------
 
 
@@ -512,7 +527,8 @@ def render(root: Path) -> dict[str, str]:
                         ("study-results", study_results), ("v1", v1_block), ("perf", perf_block),
                         ("claims", claims_block)):
         page = fill(page, name, build(results))
-    return {"README.md": fill(readme, "summary", summary_block(results)), "results/README.md": page}
+    readme = fill(fill(readme, "summary", summary_block(results)), "demo", demo_block(results))
+    return {"README.md": readme, "results/README.md": page}
 
 
 def main(argv: list[str] | None = None) -> int:

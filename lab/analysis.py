@@ -164,3 +164,18 @@ def median_latency(fn, repeats: int = 20, warmup: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
+
+
+def interleaved_latency(models: dict[str, nn.Module], inputs: dict, rounds: int = 7) -> dict[str, float]:
+    """Median forward-pass time in ms of each model on the same ``inputs``, the models timed in turns.
+
+    Each round times every model once (a median of 5 calls after 1 warm-up), so a machine that speeds
+    up or slows down during the measurement affects all models alike; the result is the median round.
+    """
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, model in models.items():
+                model.eval()
+                times[name].append(median_latency(lambda: model(**inputs), repeats=5, warmup=1))
+    return {name: float(np.median(values)) for name, values in times.items()}

@@ -465,3 +465,37 @@ def check_wrong_pair(model: torch.nn.Module, tokenizer, pair: Sequence[str] | No
                                "overlap but whose meaning differs: swap who did what, change a number, add 'not'.")
     return _verdict(True, f"the model says {predicted[0]} ({p_text}), you say {label}.",
                     predicted=predicted[0], probabilities=probs[0].tolist())
+
+
+# ----- what the exercises need, rebuilt after a kernel restart (seconds, nothing trained) -------------------
+
+
+def rebuild_for_02(run, data_dir, seed: int, max_length: int = 128):
+    """02's sections 0-1 again: the model (same seeded head), tokenizer, splits, sets and BitFit's step cost.
+
+    Returns ``(model, tokenizer, splits, train_set, eval_sets, costs)``, as those sections leave them.
+    """
+    from lab.data import load_mrpc, selection_splits, training_sets
+    from lab.training import measure_step_costs
+
+    set_seed(seed)
+    model, tokenizer = load_model(run.model_name, verbose=False)
+    splits = selection_splits(load_mrpc(data_dir))
+    train_set, eval_sets = training_sets(splits, tokenizer, max_length, run.train_subset, seed)
+    costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit",), batch_size=run.batch_size,
+                               max_length=max_length)
+    return model, tokenizer, splits, train_set, eval_sets, costs
+
+
+def rebuild_for_03(pack_path, data_dir):
+    """03's sections 1 and 3 again: the pack's base model with the pack loaded, tokenizer, MRPC dev.
+
+    Returns ``(model, tokenizer, dev_pairs, y_true)``; a clear error if 02 has not written the pack.
+    """
+    from lab.data import load_mrpc
+
+    _, meta = bu.read_bias_checkpoint(pack_path)
+    model, tokenizer = load_model(meta["base_model"], verbose=False)
+    bu.load_bias_checkpoint(model, pack_path)
+    dev = load_mrpc(data_dir)["validation"]
+    return model, tokenizer, list(zip(dev["sentence1"], dev["sentence2"])), list(dev["label"])

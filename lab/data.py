@@ -6,6 +6,7 @@ import codecs
 import csv
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from lab.hub import hub_available, quiet_hf
@@ -93,7 +94,7 @@ def load_mrpc(data_dir: str | os.PathLike | None = None):
         why = "the Hub did not answer and MRPC is not in the local cache" if not online else f"loading failed ({err})"
         raise RuntimeError(
             f"Cannot load MRPC: {why}. Either set BITFIT_DATA_DIR to a folder with the GLUE MRPC "
-            "files (train.tsv, dev.tsv, test.tsv), or run the prefetch cell of 01-Setup.ipynb once while online."
+            "files (train.tsv, dev.tsv, test.tsv), or run `python -m lab.hub` once while online (it prefetches MRPC and bert-base-uncased)."
         ) from None
 
 
@@ -137,3 +138,36 @@ def selection_splits(data, share: float = VALIDATION_SHARE, seed: int = VALIDATI
 
     parts = data["train"].train_test_split(test_size=share, seed=seed, stratify_by_column="label")
     return datasets.DatasetDict({"train": parts["train"], "validation": parts["test"], "dev": data["validation"]})
+
+
+def training_sets(splits, tokenizer, max_length: int = 128, subset: int | None = None, seed: int = 42):
+    """The tokenized sets a training needs: ``train`` (or ``subset`` shuffled pairs of it) and the eval sets.
+
+    Returns ``(train_set, eval_sets)``; ``eval_sets`` is ``{"validation": ..., "dev": ...}``, both
+    scored after every epoch (validation to choose, dev to report).
+    """
+    encoded = tokenize_pairs(splits, tokenizer, max_length=max_length)
+    train_set = encoded["train"].shuffle(seed=seed).select(range(subset)) if subset else encoded["train"]
+    return train_set, {"validation": encoded["validation"], "dev": encoded["dev"]}
+
+
+def describe_splits(data, splits, label_names: Sequence[str] = LABEL_NAMES) -> float:
+    """Print the sizes of GLUE MRPC and of the lab's three splits, each split's labels, and what a model
+    that always answers "equivalent" scores on dev. Returns the dev majority share (for plots and tables)."""
+    from collections import Counter
+
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    print("GLUE MRPC:", {split: len(ds) for split, ds in data.items()})
+    print("this lab: ", {split: len(ds) for split, ds in splits.items()})
+    print(f"validation = {VALIDATION_SHARE:.0%} of MRPC train, stratified by label, seed {VALIDATION_SEED}; "
+          "dev = GLUE's validation split")
+    for split in ("train", "validation", "dev"):
+        counts = Counter(label_names[y] for y in splits[split]["label"])
+        print(split, dict(counts.most_common()), f"-> majority share {max(counts.values()) / sum(counts.values()):.3f}")
+    dev_labels = list(splits["dev"]["label"])
+    always = [1] * len(dev_labels)
+    majority = max(sum(dev_labels), len(dev_labels) - sum(dev_labels)) / len(dev_labels)
+    print(f"always 'equivalent' on dev: accuracy {100 * majority:.1f}, F1 {100 * f1_score(dev_labels, always):.1f}, "
+          f"MCC {matthews_corrcoef(dev_labels, always):.1f}")
+    return majority

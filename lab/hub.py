@@ -1,5 +1,7 @@
 """The Hugging Face Hub: is it there, and what to do when it is not.
 
+    python -m lab.hub    # while online: cache bert-base-uncased and GLUE MRPC for offline use later
+
 Students work online (the Hub serves ``bert-base-uncased`` and ``nyu-mll/glue``), in
 classrooms with flaky Wi-Fi, or offline. ``hub_available`` asks the Hub once per process,
 with a bounded wait, and switches the whole process to offline mode when it does not answer,
@@ -101,3 +103,18 @@ def prefetch(model_name: str = DEFAULT_MODEL) -> None:
 
     snapshot_download(model_name, allow_patterns=["*.json", "*.txt", "*.safetensors"])
     datasets.load_dataset("nyu-mll/glue", "mrpc")
+
+
+def main() -> int:
+    """``python -m lab.hub``: prefetch, or say why not (exit code 1)."""
+    try:
+        prefetch()
+    except RuntimeError as err:
+        print(err)
+        return 1
+    print(f"cached: {DEFAULT_MODEL} and GLUE MRPC; later loads read them even without a network")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -60,8 +60,8 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
             reason = "the Hub did not answer and it is not in the local cache" if local_only else str(err).splitlines()[0]
             if explicit:
                 raise RuntimeError(
-                    f"Cannot load model '{name}': {reason}. Check the name, run 01-Setup's prefetch while "
-                    f"online, or use the offline model with BITFIT_MODEL={OFFLINE_MODEL}."
+                    f"Cannot load model '{name}': {reason}. Check the name, prefetch it while online "
+                    f"(python -m lab.hub), or use the offline model with BITFIT_MODEL={OFFLINE_MODEL}."
                 ) from None
             source, why = str(offline_model_path()), reason
         else:
@@ -73,7 +73,7 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
     model.config._name_or_path = model.name_or_path = OFFLINE_MODEL  # a stable name for packs
     if why and verbose:
         print(f"Using the offline model {OFFLINE_MODEL} (pre-trained MiniLM, 6 layers, 22.7M parameters) "
-              f"instead of {name}: {why}. For {name}, go online and run 01-Setup's prefetch cell.")
+              f"instead of {name}: {why}. For {name}, run `python -m lab.hub` once while online (it prefetches it).")
     _explain_new_head(model, OFFLINE_MODEL, verbose)
     return model, tokenizer
 

@@ -70,3 +70,22 @@ def test_full_model_size_draws_no_progress_bar(capfd):
     out, err = capfd.readouterr()
     assert "Writing model shards" not in out + err and "\r" not in out + err
     assert logging.is_progress_bar_enabled()  # put back as it was
+
+
+def test_interleaved_latency_times_every_model_on_the_same_inputs(inputs):
+    from lab.analysis import interleaved_latency
+
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, **batch):
+            calls.append((self.name, tuple(batch)))
+
+    ms = interleaved_latency({"base": Counting("base"), "bitfit": Counting("bitfit")}, inputs, rounds=2)
+    assert set(ms) == {"base", "bitfit"} and all(v >= 0 for v in ms.values())
+    assert [name for name, _ in calls[:12]] == ["base"] * 6 + ["bitfit"] * 6  # turns: 1 warm-up + 5 timed each
+    assert len(calls) == 24 and {keys for _, keys in calls} == {tuple(inputs)}

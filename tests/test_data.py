@@ -173,6 +173,13 @@ def test_prefetch_without_hub_says_what_to_do(offline):
         prefetch()
 
 
+def test_prefetch_command_without_hub_exits_1_with_the_advice(tmp_path, silent_hub):
+    proc = _run_isolated("import runpy\nrunpy.run_module('lab.hub', run_name='__main__')\n",
+                         _clean_env(tmp_path, HF_HUB_OFFLINE="1", HF_ENDPOINT=silent_hub.url))
+    assert proc.returncode == 1 and "Connect to the internet" in proc.stdout, proc.stderr[-2000:]
+    assert silent_hub.connections == 0
+
+
 def test_compute_metrics_matches_hand_computation():
     # labels 1 1 0 0 1, predictions 1 0 0 1 1 -> TP=2 FP=1 FN=1 TN=1
     logits = np.array([[0, 1], [1, 0], [1, 0], [0, 1], [0, 1]], dtype=float)

