@@ -199,10 +199,12 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
     The demo's budget, from per-epoch times measured on an idle 2-core CPU with 2 threads (BitFit about
     65 s, Full FT about 100 s an epoch of MRPC train at batch 32): BitFit gets 3 epochs at batch 16 (about
     620 steps) for about the compute of 1.5 epochs at batch 32; Frozen one epoch; Full FT is left to the
-    study's table. Measured with ``benchmarks/time_demo.py`` on such a CPU (seed 42): this demo took 287 s,
-    BitFit dev accuracy 71.3 (it left the majority class in its third epoch); the study's batch 32 for 4
-    epochs took 384 s and BitFit was still at the majority class (68.1); lr 2e-3 at batch 16 and 3e-3 at
-    batch 32 (3 epochs) left it no sooner. BitFit on the offline MiniLM sits on the majority-class plateau
+    study's table. Measured with ``benchmarks/time_demo.py`` on such a CPU (seed 42; results/demo_cpu.json):
+    this demo took 302 s, BitFit dev accuracy 71.3 (it left the majority class in its third epoch); the
+    study's batch 32 for 4 epochs took 384 s with BitFit still at the majority class (68.1). Runs of BitFit
+    alone (seed 42, 3 epochs) left it no sooner at lr 2e-3 (batch 16: dev 69.6) or 3e-3 (batch 32: 68.4),
+    and a head at lr 1e-2 beside biases at 1e-3 left it in the first epoch but only to a Frozen-like
+    validation MCC of about 0.2 (seeds 42 and 0, dev 70.6 and 70.3 after 3 epochs). BitFit on the offline MiniLM sits on the majority-class plateau
     for its first epochs (its pooler was never trained), which is what limits a short demo.
     """
     from lab.models import OFFLINE_MODEL
