@@ -4,7 +4,9 @@
     accelerate launch --num_processes 2 benchmarks/train_mrpc.py          # 2 GPUs
     torchrun --nproc_per_node 2 benchmarks/train_mrpc.py                  # 2 CPU processes (gloo)
 
-Trainer picks up the distributed setup from accelerate; nothing here is distributed by hand.
+Same rule as 02: trains on the lab's train split, keeps the epoch with the best validation MCC and
+reports MRPC dev at that epoch. Learning rate and most epochs default to 02's (the study's choice where
+it has chosen). Trainer picks up the distributed setup from accelerate; nothing here is distributed by hand.
 """
 
 import argparse
@@ -13,36 +15,43 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bitfit_utils as bu  # noqa: E402
-from lab.data import load_mrpc, tokenize_pairs
-from lab.models import load_model
-from lab.training import make_trainer, set_seed, timer
+from lab.data import load_mrpc, selection_splits, training_sets  # noqa: E402
+from lab.models import get_device, load_model  # noqa: E402
+from lab.study import run_settings  # noqa: E402
+from lab.training import kept_row, make_trainer, set_seed, timer  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Train BitFit on MRPC, write its pack under ``--out``; returns the kept epoch's history row."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="256 training pairs, one epoch")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--epochs", type=float, default=6)
+    parser.add_argument("--model", default=None, help="default: bert-base-uncased, offline the MiniLM")
+    parser.add_argument("--lr", type=float, default=None, help="default: 02's BitFit learning rate")
+    parser.add_argument("--epochs", type=float, default=None, help="default: 02's most BitFit epochs")
     parser.add_argument("--batch-size", type=int, default=32, help="per process")
+    parser.add_argument("--data-dir", default=None, help="a GLUE MRPC folder (default: BITFIT_DATA_DIR, else the Hub)")
     parser.add_argument("--out", default="runs/script")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
+    run = run_settings(args.quick, False, args.model, get_device().type, batch_size=args.batch_size)
     set_seed(42)
-    data = load_mrpc()
-    model, tokenizer = load_model()
+    model, tokenizer = load_model(run.model_name)
     print(bu.apply_bitfit(model))
-    encoded = tokenize_pairs(data, tokenizer)
-    train = encoded["train"].shuffle(seed=42).select(range(256)) if args.quick else encoded["train"]
-    trainer = make_trainer(model, tokenizer, train, encoded["validation"], args.out, learning_rate=args.lr,
-                              epochs=1 if args.quick else args.epochs, batch_size=args.batch_size,
-                              disable_tqdm=True)
+    train_set, eval_sets = training_sets(selection_splits(load_mrpc(args.data_dir)), tokenizer,
+                                         subset=run.train_subset)
+    trainer = make_trainer(model, tokenizer, train_set, eval_sets, args.out,
+                           learning_rate=args.lr or run.lr["bitfit"], epochs=args.epochs or run.epochs["bitfit"],
+                           batch_size=args.batch_size, disable_tqdm=True)
     with timer() as t:
         trainer.train()
-    metrics = trainer.evaluate()
+    kept = kept_row(trainer)
     if trainer.is_world_process_zero():
-        print(f"processes {trainer.args.world_size}: dev accuracy {metrics['eval_accuracy']:.4f} "
-              f"F1 {metrics['eval_f1']:.4f}, training {t['seconds']:.1f} s")
-        bu.save_bias_checkpoint(model, Path(args.out) / "mrpc_bitfit.safetensors", task="mrpc")
+        print(f"processes {trainer.args.world_size}: kept epoch {kept.name:g} (validation MCC "
+              f"{kept['eval_validation_mcc']:.3f}); dev accuracy {kept['eval_dev_accuracy']:.4f} "
+              f"F1 {kept['eval_dev_f1']:.4f}; training {t['seconds']:.1f} s")
+        bu.save_bias_checkpoint(model, Path(args.out) / "mrpc_bitfit.safetensors", task="mrpc",
+                                dev_accuracy=float(kept["eval_dev_accuracy"]), dev_f1=float(kept["eval_dev_f1"]))
+    return kept
 
 
 if __name__ == "__main__":
