@@ -10,7 +10,8 @@ Rates (stated here, not measured on students):
   (Trauzettel-Klosinski & Dietz, Invest. Ophthalmol. Vis. Sci. 53(9), 2012).
 * Latin-script words inside the prose (identifiers, English terms): 228 words a minute, IReST's English mean.
 * Code: 4 seconds a non-blank line, an assumption for reading a short cell that calls the lab's functions.
-* Output: 10 seconds for each code cell that shows a table, a plot or printed lines, to look at it.
+* Output: 10 seconds for each code cell that shows a table, a plot or printed lines, to look at it (a cell
+  counts when it has stored outputs or, not yet run, when its code prints, plots or ends in an expression).
 * A code cell met again word for word (the setup cell that opens every notebook) is read once.
 
     python benchmarks/reading_time.py            # per notebook and section, and the path's total
@@ -65,7 +66,7 @@ def cell_reading(cell: dict) -> Reading:
         return Reading(cjk=len(_CJK.findall(text)), words=len(_WORD.findall(text)))
     lines = [line for line in text.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
-    shows = "print(" in text or "display(" in text or "plot" in text or (bool(last) and not last.startswith(
+    shows = bool(cell.get("outputs")) or "print(" in text or "display(" in text or "plot" in text or (bool(last) and not last.startswith(
         (" ", "#")) and "=" not in last.split("(")[0] and not last.startswith(("import ", "from ", "for ", "if ")))
     return Reading(code_lines=len(lines), outputs=int(shows))
 

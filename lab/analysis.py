@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from bitfit_utils import BIAS_GROUPS, parameter_groups
+from lab.data import LABEL_NAMES
 
 
 def plot_history(history, title: str = "Training curves", kept_epoch: float | None = None,
@@ -81,6 +82,29 @@ def plot_comparison(table, majority: float, title: str):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def predictions_frame(pairs, probs, true=None, label_names=LABEL_NAMES):
+    """A table of sentence pairs with the model's label and p(equivalent); ``true`` labels (0/1) add a column."""
+    import pandas as pd
+
+    probs = np.asarray(probs)
+    table = pd.DataFrame({"sentence1": [a for a, _ in pairs], "sentence2": [b for _, b in pairs],
+                          "prediction": [label_names[i] for i in probs.argmax(1)],
+                          "p(equivalent)": probs[:, 1].round(3)})
+    if true is not None:
+        table.insert(2, "true", [label_names[y] for y in true])
+    return table
+
+
+def plot_confusion(y_true, probs, title: str, label_names=LABEL_NAMES):
+    """scikit-learn's confusion matrix of the predicted labels (the most probable class)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    shown = ConfusionMatrixDisplay.from_predictions(y_true, np.asarray(probs).argmax(1), display_labels=label_names,
+                                                    colorbar=False)
+    shown.ax_.set(title=title, xlabel="predicted label", ylabel="true label")
+    return shown.ax_
 
 
 def _layer_label(name: str) -> str | None:
@@ -179,3 +203,27 @@ def interleaved_latency(models: dict[str, nn.Module], inputs: dict, rounds: int 
                 model.eval()
                 times[name].append(median_latency(lambda: model(**inputs), repeats=5, warmup=1))
     return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def switch_packs(model: nn.Module, tokenizer, pack_paths, probe_pairs) -> dict:
+    """Load each pack in ``pack_paths`` in turn into the same ``model`` and time every load.
+
+    Before the first load the model's probabilities on ``probe_pairs`` are taken; after the last load
+    they are taken again. Returns ``ms`` (each pack's load times in ms, in order), ``restored`` (every
+    tensor of the last pack bit for bit equal to the model's) and ``same_probabilities`` (the probe's
+    probabilities unchanged: true when the last pack is the one the model held before).
+    """
+    import bitfit_utils as bu
+    from lab.models import predict
+
+    _, before = predict(model, tokenizer, probe_pairs)
+    ms: dict[str, list[float]] = {}
+    for path in pack_paths:
+        start = time.perf_counter()
+        bu.load_bias_checkpoint(model, path)
+        ms.setdefault(Path(path).name, []).append(1000 * (time.perf_counter() - start))
+    _, after = predict(model, tokenizer, probe_pairs)
+    tensors, _ = bu.read_bias_checkpoint(pack_paths[-1])
+    params = dict(model.named_parameters())
+    restored = all(torch.equal(params[name].detach().cpu(), tensor) for name, tensor in tensors.items())
+    return {"ms": ms, "restored": restored, "same_probabilities": bool(np.array_equal(before, after))}

@@ -486,16 +486,3 @@ def rebuild_for_02(run, data_dir, seed: int, max_length: int = 128):
                                max_length=max_length)
     return model, tokenizer, splits, train_set, eval_sets, costs
 
-
-def rebuild_for_03(pack_path, data_dir):
-    """03's sections 1 and 3 again: the pack's base model with the pack loaded, tokenizer, MRPC dev.
-
-    Returns ``(model, tokenizer, dev_pairs, y_true)``; a clear error if 02 has not written the pack.
-    """
-    from lab.data import load_mrpc
-
-    _, meta = bu.read_bias_checkpoint(pack_path)
-    model, tokenizer = load_model(meta["base_model"], verbose=False)
-    bu.load_bias_checkpoint(model, pack_path)
-    dev = load_mrpc(data_dir)["validation"]
-    return model, tokenizer, list(zip(dev["sentence1"], dev["sentence2"])), list(dev["label"])

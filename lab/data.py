@@ -98,6 +98,12 @@ def load_mrpc(data_dir: str | os.PathLike | None = None):
         ) from None
 
 
+def mrpc_dev(data_dir: str | os.PathLike | None = None) -> tuple[list[tuple[str, str]], list[int]]:
+    """MRPC dev (GLUE's validation split) as ``(pairs, labels)``: ``[(sentence1, sentence2), ...]`` and 0/1."""
+    dev = load_mrpc(data_dir)["validation"]
+    return list(zip(dev["sentence1"], dev["sentence2"])), list(dev["label"])
+
+
 def tokenize_pairs(dataset, tokenizer, max_length: int = 128):
     """Tokenize sentence pairs with ``datasets.map`` (batched; no padding here).
 

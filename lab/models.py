@@ -78,6 +78,26 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
     return model, tokenizer
 
 
+def load_pack_model(pack_path: str | os.PathLike, verbose: bool = True):
+    """The model a bias pack was trained as: its base model (named in the pack) with the pack loaded.
+
+    Returns ``(model, tokenizer, meta)``, ``meta`` as ``bitfit_utils.read_bias_checkpoint`` gives it. A
+    clear error if the pack is missing (run 02 first) or does not fit its base. ``verbose`` prints the
+    base model, the bias groups and what was recorded at training time.
+    """
+    import bitfit_utils as bu
+
+    _, meta = bu.read_bias_checkpoint(pack_path)
+    model, tokenizer = load_model(meta["base_model"], verbose=False)  # the pack brings the trained head
+    bu.load_bias_checkpoint(model, pack_path)
+    if verbose:
+        recorded = {k: round(v, 4) if isinstance(v, float) else v for k, v in meta["user"].items()
+                    if k in ("task", "learning_rate", "kept_epoch", "dev_accuracy", "dev_f1")}
+        print(f"base model: {meta['base_model']} | bias groups: {', '.join(meta['bias_groups'])}\n"
+              f"recorded at training time: {recorded}")
+    return model, tokenizer, meta
+
+
 def _explain_new_head(model: nn.Module, name: str, verbose: bool) -> None:
     """One plain sentence instead of the loader's 'newly initialized' warning."""
     if verbose:

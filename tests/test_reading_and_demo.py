@@ -24,6 +24,8 @@ def test_reading_counts_characters_words_lines_and_outputs():
     assert (code.code_lines, code.outputs) == (3, 1)
     silent = rt.cell_reading(_code("x = 1\n"))
     assert silent.outputs == 0
+    shown = rt.cell_reading(_code("x = f()\n", [{"output_type": "stream", "name": "stdout", "text": "1\n"}]))
+    assert shown.outputs == 1  # printed inside a function: its stored output counts
     assert rt.Reading(cjk=255, words=228, code_lines=15, outputs=6).minutes == pytest.approx(4.0)
 
 
