@@ -204,8 +204,10 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
     study's batch 32 for 4 epochs took 384 s with BitFit still at the majority class (68.1). Runs of BitFit
     alone (seed 42, 3 epochs) left it no sooner at lr 2e-3 (batch 16: dev 69.6) or 3e-3 (batch 32: 68.4),
     and a head at lr 1e-2 beside biases at 1e-3 left it in the first epoch but only to a Frozen-like
-    validation MCC of about 0.2 (seeds 42 and 0, dev 70.6 and 70.3 after 3 epochs). BitFit on the offline MiniLM sits on the majority-class plateau
-    for its first epochs (its pooler was never trained), which is what limits a short demo.
+    validation MCC of about 0.2 (seeds 42 and 0, dev 70.6 and 70.3 after 3 epochs). Neither did batch 8 for
+    3 epochs (validation MCC 0.47 at epoch 3, dev 68.9) nor no warm-up (dev 71.1). BitFit on the offline
+    MiniLM sits on the majority-class plateau for its first epochs (its pooler was never trained), which is
+    what limits a short demo.
     """
     from lab.models import OFFLINE_MODEL
 
