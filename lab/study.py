@@ -265,11 +265,15 @@ def comparison_table(trainers: dict, run: RunSettings):
     return pd.DataFrame(rows).set_index("method")
 
 
-def exercise_3_text(costs, run: RunSettings, train_pairs: int, eval_pairs: int, model_name: str,
-                    compared_with: str) -> str:
-    """What 02's exercise 3 is compared with, and how long its one epoch takes here (from section 0's costs)."""
+def exercise_3_text(costs, run: RunSettings, splits, model_name: str, bitfit_run) -> str:
+    """What 02's exercise 3 is compared with, and how long its one epoch takes here (from section 0's costs).
+
+    ``bitfit_run`` is section 3's trainer, or the path of its pack after a kernel restart.
+    """
     from lab.training import estimate_trainings
 
-    seconds = estimate_trainings(costs, planned_trainings(run, train_pairs, eval_pairs))["exercise 3"]
+    eval_pairs = len(splits["validation"]) + len(splits["dev"])
+    seconds = estimate_trainings(costs, planned_trainings(run, len(splits["train"]), eval_pairs))["exercise 3"]
+    compared_with = str(bitfit_run) if isinstance(bitfit_run, (str, os.PathLike)) else "section 3"
     return (f"Exercise 3 is compared with {compared_with}; it trains one epoch: about {seconds / 60:.1f} min "
             f"with {model_name} on this {costs.device}.")

@@ -126,3 +126,17 @@ def test_one_step_slowed_by_another_program_does_not_count(model, tokenizer, mon
     measured = measure_step_costs(model, tokenizer, pairs, ("bitfit",), batch_size=4, steps=3,
                                   clock=lambda: float(next(readings)))
     assert measured.step_seconds == {"bitfit": 1.0} and measured.probe_pairs == 4
+
+
+def test_exercise_3_text_times_one_bitfit_epoch_and_names_what_it_is_compared_with(tmp_path):
+    from pathlib import Path
+
+    from lab.study import exercise_3_text, run_settings
+
+    run = run_settings(False, False, "m", "cpu", tmp_path)  # batch 32
+    splits = {"train": range(320), "validation": range(40), "dev": range(60)}
+    c = costs(bitfit=0.5, frozen=0.2, full=1.0)
+    text = exercise_3_text(c, run, splits, "m", object())  # a live trainer
+    # one epoch: 10 steps x 0.5 s + 100 scored pairs x 0.01 s = 6 s = 0.1 min
+    assert text == "Exercise 3 is compared with section 3; it trains one epoch: about 0.1 min with m on this cpu."
+    assert "compared with packs/p.safetensors;" in exercise_3_text(c, run, splits, "m", Path("packs/p.safetensors"))
