@@ -186,13 +186,44 @@ def study_progress(results: Path) -> str:
 NOT_YET = "這部分的 run 還沒跑完，表格尚未產生。"
 
 
+def grid_caveats(results: Path) -> str | None:
+    """What the grid cannot rule out, read from grid.csv and methods.csv: a chosen rate at the edge of its
+    grid (a rate beyond it was never tried) and a chosen setting whose best epoch is its last (more epochs
+    were never tried). None when there is nothing to say or no grid yet."""
+    grid, methods = csv(results / "grid.csv", "method"), csv(results / "methods.csv", "method")
+    if grid is None:
+        return None
+    lines = []
+    for method, rows in grid.groupby(level=0):
+        chosen = rows[rows.chosen.astype(bool)]
+        if chosen.empty:
+            continue
+        lr = float(chosen.lr.iloc[0])
+        edge = "最大" if lr == rows.lr.max() else "最小" if lr == rows.lr.min() else None
+        notes = [f"選定的學習率 {lr:g} 是格點中{edge}的，{'更大' if edge == '最大' else '更小'}的學習率沒有試過"] if edge else []
+        if methods is not None and method in methods.index:
+            kept = [float(k) for k in str(methods.loc[method, "kept_epochs"]).split()]
+            most = float(methods.loc[method, "max_epochs"])
+            last = sum(k == most for k in kept)
+            if last:
+                notes.append(f"{len(kept)} 個 seed 中有 {last} 個留下的是最後一個 epoch（第 {most:g} 個），"
+                             "更多 epoch 沒有試過")
+        if notes:
+            lines.append(f"* `{method}`：" + "；".join(notes) + "。")
+    if not lines:
+        return None
+    return "\n".join(["格點沒排除的可能（由上表與下表算出；協定不延伸格點，所以只在這裡註明）：", "", *lines])
+
+
 def study_results(results: Path) -> str:
     """The study's tables and plot where --report has written them; a plain sentence where not."""
     out = ["#### 格點：每個學習率在 validation 上的分數", "",
            "選擇只看這張表：每個 run 在 validation MCC 最好的 epoch（`kept_epoch`）的 validation 分數；"
            "`chosen` 標出每個方法選定的學習率（格點跑完才會選）。", "",
-           md(results / "grid.md") or NOT_YET, "",
-           "#### 主要方法：選定設定下的 dev 分數", "",
+           md(results / "grid.md") or NOT_YET, ""]
+    caveats = grid_caveats(results)
+    out += [caveats, ""] if caveats else []
+    out += ["#### 主要方法：選定設定下的 dev 分數", "",
            "dev accuracy／F1（%）在選定的學習率、每個 seed 自己在 validation 上選定的 epoch（`kept_epochs` 依 seed 列出）；"
            "平均 ± 標準差跨 seed，`acc_per_seed` 列出每個 seed。", "",
            md(results / "methods.md") or NOT_YET]

@@ -105,3 +105,19 @@ def test_readme_is_short_and_gives_no_exercise_answer_away():
     assert "bash run.sh lab" in readme and "bash run.sh test" in readme
     assert "results/README.md" in readme
     assert not re.search(r"(?<![\w/])lab_(setup|checks)\.py", readme)  # now lab/setup.py and lab/checks.py
+
+
+def test_grid_caveats_flag_a_rate_at_the_grid_edge_and_a_best_epoch_that_is_the_last(tmp_path):
+    (tmp_path / "grid.csv").write_text(
+        "method,lr,chosen,kept_epoch,validation_mcc,validation_accuracy\n"
+        "a,0.001,False,2,0.1,70\na,0.003,False,3,0.2,71\na,0.01,True,6,0.3,72\n"   # top of its grid
+        "b,0.001,False,2,0.1,70\nb,0.003,True,3,0.4,75\nb,0.01,False,3,0.2,71\n")  # inside its grid
+    (tmp_path / "methods.csv").write_text("method,max_epochs,kept_epochs\na,6,6 2 6\nb,4,3 2\n")
+    text = ur.grid_caveats(tmp_path)
+    assert "* `a`：選定的學習率 0.01 是格點中最大的" in text and "3 個 seed 中有 2 個留下的是最後一個 epoch（第 6 個）" in text
+    assert "`b`" not in text  # chosen inside the grid, best epochs before the last: nothing to say
+    (tmp_path / "methods.csv").write_text("method,max_epochs,kept_epochs\nb,4,3 2\n")
+    (tmp_path / "grid.csv").write_text("method,lr,chosen,kept_epoch,validation_mcc,validation_accuracy\n"
+                                       "b,0.001,False,2,0.1,70\nb,0.003,True,3,0.4,75\nb,0.01,False,3,0.2,71\n")
+    assert ur.grid_caveats(tmp_path) is None
+    assert ur.grid_caveats(tmp_path / "missing") is None
