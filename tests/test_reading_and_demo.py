@@ -66,4 +66,5 @@ def test_readme_demo_block_comes_from_the_measurement_file(tmp_path):
         "wall_seconds": 333.3, "bitfit_lr": "1e-3", "bitfit_max_epochs": 4, "bitfit_kept_epoch": 4.0,
         "bitfit_dev_accuracy": 79.66, "bitfit_dev_f1": 85.0, "dev_majority_accuracy": 68.4}), encoding="utf-8")
     text = demo_block(tmp_path)
-    assert "**333 秒**" in text and "**79.7**" in text and "abcdef0" in text and "68.4" in text and "2 核 CPU，無 GPU" in text and "只高出 11.3 分" in text
+    assert "**333 秒**" in text and "**79.7**" in text and "abcdef0" in text and "68.4" in text and "2 核 CPU，無 GPU" in text and "高出 11.3 分" in text
+    assert "離開了多數類" in text
