@@ -101,6 +101,21 @@ def student_path_minutes(root: Path = ROOT) -> tuple[float, dict[str, float]]:
     return sum(per_notebook.values()), per_notebook
 
 
+def student_path_parts(root: Path = ROOT) -> dict[str, float]:
+    """Minutes of the student path by kind: prose, code lines, outputs; and how many of them the exercises take."""
+    parts = {"prose": 0.0, "code lines": 0.0, "outputs": 0.0, "exercises (## 練習)": 0.0}
+    seen: set[str] = set()
+    for name, left_out in STUDENT_PATH:
+        for title, r in sections(root / name, seen):
+            if left_out and title.startswith(left_out):
+                continue
+            parts["prose"] += Reading(cjk=r.cjk, words=r.words).minutes
+            parts["code lines"] += Reading(code_lines=r.code_lines).minutes
+            parts["outputs"] += Reading(outputs=r.outputs).minutes
+            parts["exercises (## 練習)"] += r.minutes if title.startswith("## 練習") else 0.0
+    return parts
+
+
 def main() -> int:
     seen: set[str] = set()
     for name, left_out in STUDENT_PATH:
@@ -111,6 +126,7 @@ def main() -> int:
                   f"{r.outputs:2d} outputs  {title[:50]}{mark}")
     total, per_notebook = student_path_minutes()
     print("student path: " + " + ".join(f"{n} {m:.1f}" for n, m in per_notebook.items()) + f" = {total:.1f} min")
+    print("by kind: " + ", ".join(f"{k} {m:.1f}" for k, m in student_path_parts().items()) + " min")
     return 0
 
 

@@ -41,6 +41,9 @@ def test_sections_split_at_level_two_headings_and_the_path_leaves_out_section_7(
     total, per_notebook = rt.student_path_minutes(tmp_path)
     assert per_notebook["01-Setup.ipynb"] > per_notebook["02-Train.ipynb"] > 0  # code read in 01 is not read again
     assert total == pytest.approx(sum(per_notebook.values()))
+    parts = rt.student_path_parts(tmp_path)
+    assert parts["prose"] + parts["code lines"] + parts["outputs"] == pytest.approx(total)
+    assert parts["exercises (## 練習)"] == 0  # no exercise section in these notebooks
 
 
 def test_read_demo_finds_bitfit_and_sums_section_times():
