@@ -92,27 +92,31 @@ def sections(notebook: Path, seen: set[str] | None = None) -> list[tuple[str, Re
     return parts
 
 
+def path_sections(root: Path = ROOT):
+    """The student path's sections in reading order: ``(notebook, title, Reading)``; code met again counts nothing."""
+    seen: set[str] = set()
+    for name, left_out in STUDENT_PATH:
+        for title, r in sections(root / name, seen):
+            if not (left_out and title.startswith(left_out)):
+                yield name, title, r
+
+
 def student_path_minutes(root: Path = ROOT) -> tuple[float, dict[str, float]]:
     """Minutes to read the student path, and per notebook."""
-    per_notebook, seen = {}, set()
-    for name, left_out in STUDENT_PATH:
-        kept = [r for title, r in sections(root / name, seen) if not title.startswith(left_out or ("\0",))]
-        per_notebook[name] = sum(kept, Reading()).minutes
+    per_notebook = {name: 0.0 for name, _ in STUDENT_PATH}
+    for name, _, r in path_sections(root):
+        per_notebook[name] += r.minutes
     return sum(per_notebook.values()), per_notebook
 
 
 def student_path_parts(root: Path = ROOT) -> dict[str, float]:
     """Minutes of the student path by kind: prose, code lines, outputs; and how many of them the exercises take."""
     parts = {"prose": 0.0, "code lines": 0.0, "outputs": 0.0, "exercises (## 練習)": 0.0}
-    seen: set[str] = set()
-    for name, left_out in STUDENT_PATH:
-        for title, r in sections(root / name, seen):
-            if left_out and title.startswith(left_out):
-                continue
-            parts["prose"] += Reading(cjk=r.cjk, words=r.words).minutes
-            parts["code lines"] += Reading(code_lines=r.code_lines).minutes
-            parts["outputs"] += Reading(outputs=r.outputs).minutes
-            parts["exercises (## 練習)"] += r.minutes if title.startswith("## 練習") else 0.0
+    for _, title, r in path_sections(root):
+        parts["prose"] += Reading(cjk=r.cjk, words=r.words).minutes
+        parts["code lines"] += Reading(code_lines=r.code_lines).minutes
+        parts["outputs"] += Reading(outputs=r.outputs).minutes
+        parts["exercises (## 練習)"] += r.minutes if title.startswith("## 練習") else 0.0
     return parts
 
 
