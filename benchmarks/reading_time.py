@@ -1,8 +1,9 @@
 """How long the lab's student path takes to read: a word count turned into minutes.
 
-The student path is 01, 02 without its section 7 (the comparison study and the handout's recipes, for the
-curious and for instructors), and 03. Every cell of it is counted, code included; training and waiting
-are not reading and are left out (02's section 0 prints those).
+The student path is the three notebooks without the parts marked optional: a "## " or "### " heading with
+選讀 (optional reading: 02's section 7, the comparison study and the handout's recipes; 03's sections 5-6)
+or 選做 (an optional exercise) in it, down to the next heading of its level or above. Every other cell is
+counted, code included; training and waiting are not reading and are left out (02's section 0 prints those).
 
 Rates (stated here, not measured on students):
 
@@ -32,8 +33,10 @@ WORDS_PER_MINUTE = 228
 SECONDS_PER_CODE_LINE = 4
 SECONDS_PER_OUTPUT = 10
 
-#: (notebook, sections left out of the student path); a section starts at a markdown "## " heading.
-STUDENT_PATH = (("01-Setup.ipynb", ()), ("02-Train.ipynb", ("## 7.",)), ("03-Inference.ipynb", ()))
+#: The student path's notebooks, in reading order.
+STUDENT_PATH = ("01-Setup.ipynb", "02-Train.ipynb", "03-Inference.ipynb")
+#: Words in a heading that take its part off the student path.
+OPTIONAL_MARKS = ("選讀", "選做")
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[A-Za-z0-9_]+")
@@ -72,17 +75,22 @@ def cell_reading(cell: dict) -> Reading:
 
 
 def sections(notebook: Path, seen: set[str] | None = None) -> list[tuple[str, Reading]]:
-    """The notebook split at its "## " headings (the part before the first one is "top"), each counted.
+    """The notebook split at its "## " and "### " headings (the part before the first one is "top"), each counted.
 
-    ``seen`` holds the code cells read already (updated here): a cell in it counts nothing.
+    A "### " part is titled "<its ## heading> › <its own heading>". ``seen`` holds the code cells read already
+    (updated here): a cell in it counts nothing.
     """
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
     seen = set() if seen is None else seen
     parts: list[tuple[str, Reading]] = [("top", Reading())]
+    chapter = "top"
     for cell in cells:
         text = "".join(cell["source"])
-        if cell["cell_type"] == "markdown" and text.startswith("## "):
-            parts.append((text.splitlines()[0], Reading()))
+        if cell["cell_type"] == "markdown" and text.startswith(("## ", "### ")):
+            heading = text.splitlines()[0]
+            if heading.startswith("## "):
+                chapter = heading
+            parts.append((heading if heading == chapter else f"{chapter} › {heading}", Reading()))
         if cell["cell_type"] == "code" and text in seen:
             continue
         if cell["cell_type"] == "code":
@@ -92,18 +100,23 @@ def sections(notebook: Path, seen: set[str] | None = None) -> list[tuple[str, Re
     return parts
 
 
+def is_optional(title: str) -> bool:
+    """Whether a part (a title from :func:`sections`) is marked optional, by its own heading or its chapter's."""
+    return any(mark in title for mark in OPTIONAL_MARKS)
+
+
 def path_sections(root: Path = ROOT):
-    """The student path's sections in reading order: ``(notebook, title, Reading)``; code met again counts nothing."""
+    """The student path's parts in reading order: ``(notebook, title, Reading)``; code met again counts nothing."""
     seen: set[str] = set()
-    for name, left_out in STUDENT_PATH:
+    for name in STUDENT_PATH:
         for title, r in sections(root / name, seen):
-            if not (left_out and title.startswith(left_out)):
+            if not is_optional(title):
                 yield name, title, r
 
 
 def student_path_minutes(root: Path = ROOT) -> tuple[float, dict[str, float]]:
     """Minutes to read the student path, and per notebook."""
-    per_notebook = {name: 0.0 for name, _ in STUDENT_PATH}
+    per_notebook = {name: 0.0 for name in STUDENT_PATH}
     for name, _, r in path_sections(root):
         per_notebook[name] += r.minutes
     return sum(per_notebook.values()), per_notebook
@@ -122,12 +135,12 @@ def student_path_parts(root: Path = ROOT) -> dict[str, float]:
 
 def main() -> int:
     seen: set[str] = set()
-    for name, left_out in STUDENT_PATH:
+    for name in STUDENT_PATH:
         print(name)
         for title, r in sections(ROOT / name, seen):
-            mark = "  (not on the student path)" if left_out and title.startswith(left_out) else ""
+            mark = "  (optional: not on the student path)" if is_optional(title) else ""
             print(f"  {r.minutes:5.1f} min  {r.cjk:5d} 字 {r.words:4d} words {r.code_lines:3d} code lines "
-                  f"{r.outputs:2d} outputs  {title[:50]}{mark}")
+                  f"{r.outputs:2d} outputs  {title[:60]}{mark}")
     total, per_notebook = student_path_minutes()
     print("student path: " + " + ".join(f"{n} {m:.1f}" for n, m in per_notebook.items()) + f" = {total:.1f} min")
     print("by kind: " + ", ".join(f"{k} {m:.1f}" for k, m in student_path_parts().items()) + " min")

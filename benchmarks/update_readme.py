@@ -237,7 +237,9 @@ def study_results(results: Path) -> str:
     tta = md(results / "tta.md")
     if tta:
         runs = [r for r in _cm().read_runs(results) if r["part"] == "tta"]
-        out += [tta, "", f"這兩個 run：{_where(runs)}。"]
+        from lab.study import tta_sentences
+
+        out += [tta, "", f"這兩個 run：{_where(runs)}。", ""] + [f"* {s}" for s in tta_sentences(results)[1:]]
     else:
         out.append(NOT_YET)
     return "\n".join(out)
@@ -526,6 +528,11 @@ def summary_block(results: Path) -> str:
                    f"{mem:.2f} 倍——省下權重梯度與優化器狀態，但前向與輸入梯度照付；推論沒有額外成本"
                    f"（{m['inference BitFit / base'][0]:.2f} 倍），bias pack 是完整 checkpoint 的 "
                    f"{m['pack / full checkpoint bytes'][0]:.2f} %。")
+    tta = csv(results / "tta.csv", "target")
+    if tta is not None:
+        ratio = lambda t: "BitFit 沒到" if math.isnan(tta.ratio[t]) else f"BitFit / Full FT = {tta.ratio[t]:.2f}"  # noqa: E731
+        out.append(f"* **要訓練多久**（time-to-accuracy，兩者在 CPU 上各單獨跑一次）：validation 到多數類加 5 分，"
+                   f"{ratio('majority_plus_5')}；到 Full FT 的最好成績，{ratio('full_ft_best')}。原因在 02 第 7 節。")
     out.append("* 完整的表格與圖、舊研究（v1）的訓練集大小曲線與逐組偏置、效能剖析、講義說法的逐條檢驗："
                "[`results/README.md`](results/README.md)。")
     return "\n".join(out)

@@ -26,6 +26,18 @@ def lr_text(rate: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
+def kept_text(label: str, trainer, seconds: float) -> str:
+    """02's line on a finished run: its rate and epochs, the epoch it kept, dev there, and its wall time."""
+    from lab.models import get_device
+    from lab.training import kept_row
+
+    kept, args = kept_row(trainer), trainer.args
+    return (f"{label}, lr {lr_text(args.learning_rate)}, at most {args.num_train_epochs:g} epochs: kept epoch "
+            f"{kept.name:g} (validation MCC {kept['eval_validation_mcc']:.3f}). Dev at that epoch: accuracy "
+            f"{100 * kept['eval_dev_accuracy']:.1f}, F1 {100 * kept['eval_dev_f1']:.1f}. "
+            f"{seconds:.0f} s on this {get_device().type}, evaluations included.")
+
+
 def study_settings(results_dir: str | os.PathLike = "results") -> dict[str, tuple[float, int]]:
     """The study's chosen ``(learning rate, max epochs)`` per method; ``{}`` before any grid is complete.
 
@@ -137,6 +149,53 @@ def headline_sentences(results_dir: str | os.PathLike, majority_accuracy: float,
     if missing:  # the fifth sentence: what the table does not hold yet
         said = said[:4] + [f"表中還沒有 {'、'.join(missing)}：它們的學習率網格還沒跑完，研究跑完後這張表會補齊。"]
     return said[:5]
+
+
+def _first_epoch(run: dict, accuracy: float) -> int | None:
+    """The first epoch (1-based) whose validation accuracy reaches ``accuracy`` (a fraction); None if none does."""
+    return next((i + 1 for i, e in enumerate(run["log"]) if e["validation_accuracy"] >= accuracy - 1e-12), None)
+
+
+def tta_sentences(results_dir: str | os.PathLike = "results") -> list[str]:
+    """What the study's time-to-accuracy runs measured, and why the ratio is what it is; ``[]`` before they ran.
+
+    Reads ``tta.csv`` (seconds of training until validation first reaches each target, per method) and the
+    two runs' per-epoch logs (``runs/tta-*.json``), which give the seconds an epoch takes and the epoch at which
+    each method first reached the target.
+    """
+    import json
+    import math
+
+    import pandas as pd
+
+    folder = Path(results_dir)
+    runs = {}
+    for path in sorted((folder / "runs").glob("tta-*.json")):
+        run = json.loads(path.read_text(encoding="utf-8"))
+        runs[run["method"]] = run
+    if not (folder / "tta.csv").is_file() or not {"bitfit", "full"} <= set(runs):
+        return []
+    table = pd.read_csv(folder / "tta.csv", index_col="target")
+    b, f = runs["bitfit"], runs["full"]
+
+    def took(method: str, seconds: float) -> str:
+        run = runs[method]
+        return f"{seconds:.0f} 秒" if seconds == seconds else f"{len(run['log'])} 個 epoch 內沒到"
+
+    said = [f"在這台 CPU 上各自單獨訓練一次（{b['device']}，{b['threads']} 個執行緒，torch {b['torch']}）。"]
+    for target, label in (("majority_plus_5", "多數類加 5 分"), ("full_ft_best", "Full FT 的最好成績")):
+        row = table.loc[target]
+        ratio = f"，BitFit / Full FT = {row.ratio:.2f}" if not math.isnan(row.ratio) else ""
+        said.append(f"validation accuracy 第一次到 {row.validation_accuracy:.1f}（{label}）：BitFit "
+                    f"{took('bitfit', row.bitfit_seconds)}，Full FT {took('full', row.full_seconds)}{ratio}。")
+    per_epoch = {m: r["log"][-1]["train_seconds"] / len(r["log"]) for m, r in runs.items()}
+    target = table.loc["majority_plus_5"].validation_accuracy / 100
+    epochs = {m: _first_epoch(r, target) for m, r in runs.items()}
+    reached = lambda m: f"在第 {epochs[m]} 個 epoch" if epochs[m] else "始終沒到"  # noqa: E731
+    said.append(f"為什麼：BitFit 一個 epoch 平均 {per_epoch['bitfit']:.0f} 秒，Full FT {per_epoch['full']:.0f} 秒"
+                f"（{per_epoch['bitfit'] / per_epoch['full']:.2f} 倍：省下權重的梯度與優化器狀態，前向與傳回每層輸入的梯度照算）；"
+                f"差在要幾個 epoch：到多數類加 5 分，BitFit {reached('bitfit')}，Full FT {reached('full')}。")
+    return said
 
 
 def this_run_sentences(table, majority_accuracy: float, dev_pairs: int) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from lab.models import OFFLINE_MODEL, get_device
+from lab.models import OFFLINE_MODEL, get_device, load_model
 
 #: What selects the epoch (and, in the study, the learning rate): the Matthews correlation on the
 #: validation split. Any constant prediction scores exactly 0, so the majority class cannot win it
@@ -401,6 +401,30 @@ def history_frame(trainer):
             if key != "epoch" and not any(s in key for s in _SKIP) and key != "train_loss":
                 row["train_loss" if key == "loss" else key] = value
     return pd.DataFrame(sorted(rows.values(), key=lambda r: r["epoch"])).set_index("epoch")
+
+
+def train_method(method: str, model_name: str | None, tokenizer, train_dataset, eval_dataset,
+                 output_dir: str | os.PathLike, *, learning_rate: float, epochs: int, batch_size: int, seed: int,
+                 **trainer_kwargs):
+    """02's section 3 for another method: seed, a fresh model, ``setup_method``, ``make_trainer``, ``train()``.
+
+    Args:
+        method: ``"frozen"``, ``"bitfit"`` or ``"full"`` (see :func:`lab.methods.setup_method`).
+        model_name: passed to :func:`lab.models.load_model` (None: the lab's default model).
+        trainer_kwargs: anything else :func:`make_trainer` takes.
+
+    Returns:
+        The trained ``Trainer``; its model holds the kept epoch.
+    """
+    from lab.methods import setup_method
+
+    set_seed(seed)  # the new classifier head is drawn at load time
+    model, _ = load_model(model_name, verbose=False)
+    setup_method(model, method)
+    trainer = make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir, learning_rate=learning_rate,
+                           epochs=epochs, batch_size=batch_size, seed=seed, **trainer_kwargs)
+    trainer.train()
+    return trainer
 
 
 def kept_epoch(trainer) -> float | None:

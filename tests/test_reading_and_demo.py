@@ -29,21 +29,28 @@ def test_reading_counts_characters_words_lines_and_outputs():
     assert rt.Reading(cjk=255, words=228, code_lines=15, outputs=6).minutes == pytest.approx(4.0)
 
 
-def test_sections_split_at_level_two_headings_and_the_path_leaves_out_section_7(tmp_path):
-    cells = [_md("# title 標題"), _md("## 1. 一"), _code("a = 1"), _md("## 7. 研究研究"), _code("b = 2\nc = 3")]
+def test_sections_split_at_headings_and_the_path_leaves_out_what_is_marked_optional(tmp_path):
+    cells = [_md("# title 標題"), _md("## 1. 一"), _code("a = 1"), _md("## 7. 選讀：研究"), _code("b = 2\nc = 3"),
+             _md("### 研究細節"), _code("d = 4"), _md("## 練習"), _md("### 練習 1"), _code("e = 5"),
+             _md("### 練習 2（選做）"), _code("f = 6\ng = 7")]
     for name in ("01-Setup.ipynb", "02-Train.ipynb", "03-Inference.ipynb"):
         (tmp_path / name).write_text(json.dumps({"cells": cells}), encoding="utf-8")
     titles = [t for t, _ in rt.sections(tmp_path / "02-Train.ipynb")]
-    assert titles == ["top", "## 1. 一", "## 7. 研究研究"]
+    assert titles == ["top", "## 1. 一", "## 7. 選讀：研究", "## 7. 選讀：研究 › ### 研究細節", "## 練習",
+                      "## 練習 › ### 練習 1", "## 練習 › ### 練習 2（選做）"]
+    on_path = [t for nb, t, _ in rt.path_sections(tmp_path) if nb == "01-Setup.ipynb"]
+    assert on_path == ["top", "## 1. 一", "## 練習", "## 練習 › ### 練習 1"]  # 選讀 with its subsection, 選做 left out
     seen = set()
     first, again = rt.sections(tmp_path / "01-Setup.ipynb", seen), rt.sections(tmp_path / "01-Setup.ipynb", seen)
     assert first[1][1].code_lines == 1 and again[1][1].code_lines == 0  # a cell met again is read once
     total, per_notebook = rt.student_path_minutes(tmp_path)
     assert per_notebook["01-Setup.ipynb"] > per_notebook["02-Train.ipynb"] > 0  # code read in 01 is not read again
     assert total == pytest.approx(sum(per_notebook.values()))
+    # 01 on the path: code a, e; prose 標題 一 練習 練習 and the words title, 1, 1
+    assert per_notebook["01-Setup.ipynb"] == pytest.approx(rt.Reading(cjk=7, words=3, code_lines=2).minutes)
     parts = rt.student_path_parts(tmp_path)
     assert parts["prose"] + parts["code lines"] + parts["outputs"] == pytest.approx(total)
-    assert parts["exercises (## 練習)"] == 0  # no exercise section in these notebooks
+    assert parts["exercises (## 練習)"] > 0
 
 
 def test_read_demo_finds_bitfit_and_sums_section_times():

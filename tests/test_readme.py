@@ -94,7 +94,18 @@ def test_pages_show_the_study_tables_once_they_are_written(tmp_path):
     grid = sum(len(cm.METHODS[m].lrs) for m in cm.HEADLINE)
     assert f"已完成 {grid} / {planned} 個 run" in page and "0123456" in page
     assert "`bitfit` 77.0（F1 82.0，1 個 seed）" in readme  # one seed: no std
-    assert "nan" not in readme.lower()
+    assert "nan" not in readme.lower() and "要訓練多久" not in readme
+    for method, lr in (("bitfit", 1e-3), ("full", 5e-5)):  # the two time-to-accuracy runs: BitFit 40 s an epoch
+        run = _grid_run(method, lr, part="tta")
+        for entry in run["log"]:
+            entry["train_seconds"] = (40.0 if method == "bitfit" else 50.0) * entry["epoch"]
+        (results / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
+    report(results)
+    pages = ur.render(root)
+    page, readme = pages["results/README.md"], pages["README.md"]
+    assert page.count(ur.NOT_YET) == 1 and (results / "tta.md").read_text() in page
+    assert "為什麼：BitFit 一個 epoch 平均 40 秒，Full FT 50 秒（0.80 倍" in page
+    assert "validation 到多數類加 5 分，BitFit / Full FT = 0.80；到 Full FT 的最好成績，BitFit / Full FT = 0.80" in readme
 
 
 def test_readme_is_short_and_gives_no_exercise_answer_away():

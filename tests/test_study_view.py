@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lab.study import DEFAULT_SETTINGS, headline, headline_sentences, lr_text, settings_note, study_settings, \
-    this_run_sentences
+    this_run_sentences, tta_sentences
 
 
 def fake_run(method, lr, seed, part, accuracy, mcc=0.3, epochs=4):
@@ -161,3 +161,30 @@ def test_read_history_reads_the_table():
     text = read_history(history, kept_epoch=3.0)
     assert "MCC 0 (one answer for every pair): 1\n" in text and "validation loss lowest at epoch 2" in text
     assert "highest at epoch 3" in text
+
+
+def test_tta_sentences_give_each_ratio_and_its_cause_from_the_two_runs(tmp_path):
+    from benchmarks.study_report import report_tta
+
+    assert tta_sentences(tmp_path) == []  # before the runs: nothing to say
+    (tmp_path / "runs").mkdir()
+    runs = []
+    for method, accuracies, seconds in (("bitfit", (0.68, 0.70, 0.75, 0.78), 50.0), ("full", (0.74, 0.77, 0.76, 0.75), 100.0)):
+        run = {**fake_run(method, 1e-3, 0, "tta", 70.0), "device": "cpu", "threads": 2, "torch": "2.13.0+cpu"}
+        for i, (entry, accuracy) in enumerate(zip(run["log"], accuracies)):
+            entry.update(validation_accuracy=accuracy, train_seconds=seconds * (i + 1))
+        (tmp_path / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
+        runs.append(run)
+    report_tta(runs, tmp_path)  # the study's own table: majority 0.68 + 5 points = 0.73; full FT's best 0.77
+    said = tta_sentences(tmp_path)
+    assert "cpu，2 個執行緒" in said[0]
+    assert "73.0（多數類加 5 分）：BitFit 150 秒，Full FT 100 秒，BitFit / Full FT = 1.50" in said[1]
+    assert "77.0（Full FT 的最好成績）：BitFit 200 秒，Full FT 200 秒，BitFit / Full FT = 1.00" in said[2]
+    assert "BitFit 一個 epoch 平均 50 秒，Full FT 100 秒（0.50 倍" in said[3]
+    assert "BitFit 在第 3 個 epoch，Full FT 在第 1 個 epoch" in said[3]
+    for entry in runs[0]["log"]:  # BitFit never gets there
+        entry["validation_accuracy"] = 0.70
+    (tmp_path / "runs" / f"{runs[0]['name']}.json").write_text(json.dumps(runs[0]))
+    report_tta(runs, tmp_path)
+    said = tta_sentences(tmp_path)
+    assert "BitFit 4 個 epoch 內沒到，Full FT 100 秒。" in said[1] and "BitFit 始終沒到" in said[3]

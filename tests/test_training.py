@@ -14,7 +14,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 import bitfit_utils as bu
-from lab.training import KeepBest, kept_epoch, make_trainer
+import lab.training
+from lab.training import KeepBest, kept_epoch, make_trainer, train_method
 from conftest import tiny_bert
 
 
@@ -134,3 +135,34 @@ def test_on_evaluate_ties_keep_the_earlier_epoch_and_other_metrics_are_ignored()
     keep.on_train_end(None, state, None, model=model)
     assert torch.equal(model.bias, torch.ones(2)) and torch.equal(model.weight, weight)
     assert state.log_history[-1] == {"epoch": 5.0, "kept_epoch": 1.0, "kept_eval_mcc": 0.5}
+
+
+def test_train_method_trains_a_fresh_seeded_model_with_the_methods_parameters(tokenizer, tmp_path, monkeypatch):
+    loads = []
+    monkeypatch.setattr(lab.training, "load_model", lambda name, verbose=True: (loads.append(name) or tiny_bert(
+        seed=torch.initial_seed() % 1000), tokenizer))
+    eval_sets = {"validation": pairs(12, seed=1), "dev": pairs(12, seed=2)}
+    run = lambda out: train_method("frozen", "tiny", tokenizer, pairs(24, seed=0), eval_sets, tmp_path / out,
+                                   learning_rate=5e-2, epochs=2, batch_size=4, seed=7, warmup=0.0, disable_tqdm=True)
+    first, again = run("a"), run("b")
+    assert loads == ["tiny", "tiny"]
+    trained = {n for n, p in first.model.named_parameters() if p.requires_grad}
+    assert trained == {"classifier.weight", "classifier.bias"}  # frozen: the head only
+    fresh = tiny_bert(seed=7)
+    assert not torch.equal(first.model.classifier.weight, fresh.classifier.weight)  # the head was trained
+    assert torch.equal(first.model.bert.pooler.dense.weight, fresh.bert.pooler.dense.weight)  # the rest was not
+    assert all(torch.equal(p, q) for p, q in zip(first.model.parameters(), again.model.parameters()))  # seeded
+    assert kept_epoch(first) in (1.0, 2.0)
+
+
+def test_kept_text_says_what_was_kept_in_the_line_the_demo_timer_reads(tokenizer, tmp_path):
+    from benchmarks.time_demo import BITFIT_LINE
+    from lab.study import kept_text
+    from lab.training import kept_row
+
+    eval_sets = {"validation": pairs(12, seed=1), "dev": pairs(12, seed=2)}
+    _, trainer, _, _ = train_bitfit(tokenizer, tmp_path / "out", eval_sets, "validation_mcc", epochs=2)
+    line = BITFIT_LINE.search(kept_text("BitFit", trainer, 12.3))
+    kept = kept_row(trainer)
+    assert line and line["lr"] == "5e-2" and line["epochs"] == "2" and float(line["kept"]) == kept.name
+    assert float(line["acc"]) == round(100 * kept["eval_dev_accuracy"], 1) and line["train_s"] == "12"
