@@ -249,6 +249,15 @@ def epoch_seconds(runs: list[dict]) -> dict[str, float]:
     return {m: sum(v) / len(v) for m, v in seconds.items()}
 
 
+def machine_hours(runs: list[dict]) -> dict[str, float]:
+    """Hours of each device the finished runs took: a run's wall time divided by the runs it shared the device with."""
+    hours: dict[str, float] = {}
+    for r in runs:
+        if not r.get("quick"):
+            hours[r["device"]] = hours.get(r["device"], 0.0) + r["wall_seconds"] / r["concurrent_runs"] / 3600
+    return hours
+
+
 def show_plan(folder: Path, quick: bool) -> None:
     """Print every run, done or not, and the CPU hours left (from measured seconds per epoch)."""
     runs = read_runs(folder)
@@ -267,8 +276,9 @@ def show_plan(folder: Path, quick: bool) -> None:
     print("\n".join(rows))
     n_done = sum(r.startswith("done") for r in rows)
     basis = ", ".join(f"{m} {s:.0f} s" for m, s in sorted(measured.items())) or "none measured yet: guesses"
+    spent = ", ".join(f"{h:.1f} h of {d}" for d, h in sorted(machine_hours(runs).items())) or "nothing yet"
     print(f"\n{n_done} of {len(rows)} runs done; about {left_s / 3600:.1f} hours of this CPU left "
-          f"(seconds per epoch measured: {basis}).")
+          f"(seconds per epoch measured: {basis}). Spent so far: {spent}.")
 
 
 # ----- the runner -----------------------------------------------------------------

@@ -175,7 +175,9 @@ def study_progress(results: Path) -> str:
     text = f"{head}（{per_part}；依 `results/runs/` 裡的 run 檔計算）。"
     if runs:
         commits = sorted({re.sub(r"^([0-9a-f]{7})[0-9a-f]*", r"\1", r.get("commit", "?")) for r in runs})
-        text += f"完成的 run：{_where(runs)}。程式版本（commit）：{'、'.join(commits)}。"
+        spent = "、".join(f"{d} {h:.1f} 小時" for d, h in sorted(cm.machine_hours(runs).items()))
+        text += (f"完成的 run：{_where(runs)}。程式版本（commit）：{'、'.join(commits)}。用掉的機器時間（每個 run 的 wall time "
+                 f"除以同時共用機器的 run 數）：{spent}。")
     else:
         text += "還沒有任何 run 完成。"
     if n_done < len(planned):

@@ -198,12 +198,48 @@ def tta_sentences(results_dir: str | os.PathLike = "results") -> list[str]:
     return said
 
 
-def this_run_sentences(table, majority_accuracy: float, dev_pairs: int) -> list[str]:
-    """What 02's own comparison (one seed, one run) shows, from its table.
+def same_recipe_seeds(results_dir: str | os.PathLike, table) -> dict[str, list[float]]:
+    """The study's dev accuracy per seed for each row of ``table`` that ran the study's recipe.
+
+    A row is the study's recipe when it has the study's chosen rate and most epochs and as many trainable
+    parameters (so the same model). Rows of the demo, quick mode or another model match nothing.
 
     Args:
-        table: one row per method (index: ``METHOD_NAMES`` values) with columns ``max_epochs``,
-            ``steps``, ``kept_epoch``, ``dev_accuracy``, ``train_s``.
+        table: 02's section 6 table (:func:`comparison_table`).
+
+    Returns:
+        ``{name in the table: [dev accuracy of every study seed]}``; ``{}`` before ``methods.csv`` exists.
+    """
+    import pandas as pd
+
+    path = Path(results_dir) / "methods.csv"
+    if not path.is_file():
+        return {}
+    study = pd.read_csv(path, index_col="method")
+    found = {}
+    for method, name in METHOD_NAMES.items():
+        if method in study.index and name in table.index:
+            s, row = study.loc[method], table.loc[name]
+            if (lr_text(float(s.lr)), int(s.max_epochs), int(s.trainable)) == (row.lr, int(row.max_epochs),
+                                                                                 int(row.trainable)):
+                found[name] = [float(a) for a in str(s.acc_per_seed).split()]
+    return found
+
+
+def _placed(value: float, seeds: list[float]) -> str:
+    where = "在" if min(seeds) <= round(value, 1) <= max(seeds) else "低於" if value < min(seeds) else "高於"
+    return f"{value:.1f}，{where}研究同一設定 {len(seeds)} 個 seed 的範圍（{min(seeds):.1f}–{max(seeds):.1f}）"
+
+
+def this_run_sentences(table, majority_accuracy: float, dev_pairs: int,
+                       results_dir: str | os.PathLike | None = None) -> list[str]:
+    """What 02's own comparison (one seed, one run) shows, from its table and, when given, the study's seeds.
+
+    Args:
+        table: one row per method (index: ``METHOD_NAMES`` values) with columns ``lr``, ``max_epochs``,
+            ``steps``, ``kept_epoch``, ``trainable``, ``dev_accuracy``, ``train_s``.
+        results_dir: the study's tables: this run's scores are placed among the study's seeds of the same
+            recipe (:func:`same_recipe_seeds`).
     """
     said = []
     steps = dict(zip(table.index, table["steps"]))
@@ -215,8 +251,15 @@ def this_run_sentences(table, majority_accuracy: float, dev_pairs: int) -> list[
         b, f = table.loc["BitFit"], table.loc["Full FT"]
         gap = b.dev_accuracy - f.dev_accuracy
         said.append(f"這次執行（一個 seed）BitFit 的 dev accuracy {b.dev_accuracy:.1f}、Full FT {f.dev_accuracy:.1f}，"
-                    f"差 {gap:+.1f} 分 = {abs(gap) * dev_pairs / 100:.0f} 對；一個 seed 的差距會被 seed 間的起伏蓋過，"
-                    "多個 seed 的結果在第 7 節。")
+                    f"差 {gap:+.1f} 分 = {abs(gap) * dev_pairs / 100:.0f} 對。")
+        seeds = same_recipe_seeds(results_dir, table) if results_dir is not None else {}
+        if {"BitFit", "Full FT"} <= set(seeds):
+            study_gap = sum(seeds["BitFit"]) / len(seeds["BitFit"]) - sum(seeds["Full FT"]) / len(seeds["Full FT"])
+            said.append(f"放進研究裡看：BitFit {_placed(b.dev_accuracy, seeds['BitFit'])}；Full FT "
+                        f"{_placed(f.dev_accuracy, seeds['Full FT'])}。研究的平均差是 {study_gap:+.1f} 分（第 7 節）："
+                        "一個 seed 的差距不代表兩個方法之間的差距。")
+        else:
+            said.append("一個 seed 的差距說不出哪個方法比較好：同樣調參、多個 seed 的結果在第 7 節。")
         said.append(f"訓練時間（不含評估）：BitFit {b.train_s:.0f} s（{b.train_s / b.max_epochs:.0f} s／epoch），"
                     f"Full FT {f.train_s:.0f} s（{f.train_s / f.max_epochs:.0f} s／epoch）。")
     if list(table.index) == ["BitFit"]:

@@ -161,3 +161,12 @@ def test_markdown_keeps_declared_decimals():
                          index=pd.Index(["full"], name="method"))
     text = markdown(table, {"f1_mean": 1, "f1_std": 1})
     assert text.splitlines()[2] == "| full | 26,882 | 84.0 | – |"
+
+
+def test_machine_hours_share_the_wall_time_among_runs_side_by_side():
+    runs = [{"device": "cpu", "wall_seconds": 7200.0, "concurrent_runs": 2},   # half of the CPU for two hours
+            {"device": "cpu", "wall_seconds": 1800.0, "concurrent_runs": 1},   # all of it for half an hour
+            {"device": "cuda", "wall_seconds": 360.0, "concurrent_runs": 4},
+            {"device": "cpu", "wall_seconds": 9999.0, "concurrent_runs": 1, "quick": True}]  # a smoke test: not counted
+    hours = cm.machine_hours(runs)
+    assert hours["cpu"] == pytest.approx(1.5) and hours["cuda"] == pytest.approx(0.025) and set(hours) == {"cpu", "cuda"}

@@ -97,6 +97,25 @@ def test_this_run_sentences_label_unequal_training():
     assert not any("示範模式" in s for s in said)
 
 
+def test_this_run_is_placed_among_the_study_seeds_of_the_same_recipe_only(results):
+    from benchmarks.compare_methods import METHODS
+    from lab.study import same_recipe_seeds
+
+    folder, best = results  # the study: BitFit 3e-3 with seeds at 80.0, 78.0, 82.0; Full FT 2e-5 one seed at 78.0
+    table = pd.DataFrame({"lr": ["3e-3", "2e-5"], "max_epochs": [METHODS["bitfit"].epochs, METHODS["full"].epochs],
+                          "steps": [600, 400], "kept_epoch": [2.0, 2.0], "trainable": [100, 100],
+                          "dev_accuracy": [77.0, 78.0], "train_s": [120.0, 90.0]}, index=["BitFit", "Full FT"])
+    assert same_recipe_seeds(folder, table) == {"BitFit": [80.0, 78.0, 82.0], "Full FT": [78.0]}
+    said = this_run_sentences(table, 68.4, 408, folder)
+    placed = next(s for s in said if s.startswith("放進研究裡看"))
+    assert "BitFit 77.0，低於研究同一設定 3 個 seed 的範圍（78.0–82.0）" in placed
+    assert "Full FT 78.0，在研究同一設定 1 個 seed 的範圍（78.0–78.0）" in placed and "平均差是 +2.0 分" in placed
+    for other in (table.assign(max_epochs=[4, 4]), table.assign(lr=["1e-3", "2e-5"]), table.assign(trainable=[7, 7])):
+        assert "BitFit" not in same_recipe_seeds(folder, other)  # the demo's epochs, another rate, another model
+        assert any("說不出哪個方法比較好" in s for s in this_run_sentences(other, 68.4, 408, folder))
+    assert same_recipe_seeds(folder / "nothing", table) == {}
+
+
 @pytest.mark.parametrize("rate, text", [(1e-3, "1e-3"), (5e-5, "5e-5"), (1e-2, "1e-2"), (3e-4, "3e-4"),
                                         (2.5e-5, "2.5e-5")])
 def test_lr_text(rate, text):
