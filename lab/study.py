@@ -312,8 +312,9 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
     their scores count) left it no sooner at lr 2e-3 (batch 16, 3 epochs: 69.6), 3e-3 (batch 32: 68.4), batch 8
     for 3 epochs (68.9), without warm-up (71.1), or with a head at lr 1e-2 beside biases at 1e-3 (seeds 42 and
     0: validation MCC about 0.2, dev 70.6 and 70.3); batch 16 for 4 epochs kept epoch 4 (validation MCC 0.45),
-    dev accuracy 76.0. That design measured 346 s once, then 373 s and 380 s on later days, when the same idle
-    VM ran BitFit at 78 s an epoch instead of 70 s: the margin to 6 minutes is within the CPU's own variation.
+    dev accuracy 76.0. That design measured 346 s once, then 373 s and 380 s on later days (on the 373 s day the
+    same idle VM ran 02's full BitFit at 78 s an epoch instead of 70 s): the margin to 6 minutes is within the
+    CPU's own variation.
     Three cheaper designs failed the accuracy there (seed 42): batch 12 for 3 epochs (the same 828 steps, 288 s
     of training) kept dev 71.1, batch 16 for 4 epochs on 2,900 of the 3,301 pairs 66.7, and batch 16 for 3.5
     epochs (317 s of training) kept epoch 3, dev 71.1. Evaluation is not where the time goes: Trainer already
