@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BITFIT_LINE = re.compile(r"BitFit, lr (?P<lr>\S+), at most (?P<epochs>\d+) epochs: kept epoch (?P<kept>[\d.]+) .*?"
                          r"Dev at that epoch: accuracy (?P<acc>[\d.]+), F1 (?P<f1>[\d.]+)\. (?P<train_s>\d+) s")
 MAJORITY_LINE = re.compile(r"always 'equivalent' on dev: accuracy (?P<acc>[\d.]+)")
+PRECISION_LINE = re.compile(r"DEMO precision: (?P<precision>bf16 autocast|float32)")
 
 
 def cell_text(cell: dict) -> str:
@@ -47,7 +48,7 @@ def read_demo(nb: dict) -> dict:
     """From an executed 02: BitFit's printed result and seconds per section (from nbclient's cell timings)."""
     from datetime import datetime
 
-    found, majority, sections, section = None, None, {}, "top"
+    found, majority, precision, sections, section = None, None, None, {}, "top"
     for cell in nb["cells"]:
         source = "".join(cell["source"])
         if cell["cell_type"] == "markdown" and source.startswith("## "):
@@ -56,6 +57,7 @@ def read_demo(nb: dict) -> dict:
             continue
         found = found or BITFIT_LINE.search(cell_text(cell))
         majority = majority or MAJORITY_LINE.search(cell_text(cell))
+        precision = precision or PRECISION_LINE.search(cell_text(cell))
         timing = cell.get("metadata", {}).get("execution", {})
         if "shell.execute_reply" in timing and "iopub.execute_input" in timing:
             start, end = (datetime.fromisoformat(timing[k].replace("Z", "+00:00"))
@@ -66,6 +68,7 @@ def read_demo(nb: dict) -> dict:
     return {"bitfit_lr": found["lr"], "bitfit_max_epochs": int(found["epochs"]), "bitfit_kept_epoch": float(found["kept"]),
             "bitfit_dev_accuracy": float(found["acc"]), "bitfit_dev_f1": float(found["f1"]),
             "bitfit_seconds_printed": int(found["train_s"]),
+            "precision": precision["precision"] if precision else "float32",
             "dev_majority_accuracy": float(majority["acc"]) if majority else None, "seconds_per_section": {k: round(v, 1) for k, v in sections.items()}}
 
 

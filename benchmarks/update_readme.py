@@ -553,7 +553,7 @@ def demo_block(results: Path) -> str:
                if above < 5 else "BitFit 離開了多數類（離線 MiniLM 的 pooler 沒訓練過，頭幾個 epoch 停在那裡）；")
     return (f"量測（`benchmarks/time_demo.py`，{d['date']}，{machine(d['machine'])}，開始前 load average "
             f"{d['loadavg_1min_before']}，commit `{d['commit'][:7]}`）：從乾淨的副本以 `BITFIT_DEMO=1` 執行整本 02 共 "
-            f"**{d['wall_seconds']:.0f} 秒**；BitFit（lr {d['bitfit_lr']}，最多 {d['bitfit_max_epochs']} 個 epoch）留下第 "
+            f"**{d['wall_seconds']:.0f} 秒**（{d.get('precision', 'float32')}）；BitFit（lr {d['bitfit_lr']}，最多 {d['bitfit_max_epochs']} 個 epoch）留下第 "
             f"{d['bitfit_kept_epoch']:g} 個 epoch，dev accuracy **{d['bitfit_dev_accuracy']:.1f}**、F1 {d['bitfit_dev_f1']:.1f}"
             f"（一個 seed；全部猜 equivalent 是 {d['dev_majority_accuracy']:.1f}，高出 {above:.1f} 分）。{reading}"
             "示範換掉的設定由 02 的設定格印出；各方法在完整設定下的比較在研究的表裡。")

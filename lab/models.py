@@ -115,6 +115,15 @@ def get_device() -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), so bf16 autocast speeds it up.
+
+    On a CPU without them bf16 is emulated and no faster than float32; the CPU demo then keeps float32.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def environment_report() -> dict[str, str]:
     """Python and library versions plus the compute device, for 01-Setup."""
     import platform

@@ -48,7 +48,8 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str | os.PathLike, *,
                  learning_rate: float, epochs: float, batch_size: int = 32, seed: int = 42,
                  warmup: float = 0.1, schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
-                 select_by: str | None = SELECT_BY, group_by_length: bool = True, **overrides: Any):
+                 select_by: str | None = SELECT_BY, group_by_length: bool = True, bf16: bool = False,
+                 **overrides: Any):
     """A ``transformers.Trainer`` set up the lab's way.
 
     Evaluates every epoch (accuracy, F1, MCC), warms the learning rate up over the first
@@ -69,6 +70,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
             validation, which plays the part of a decay) or ``"linear"`` (decay to 0).
         select_by: the metric that picks the epoch, without ``eval_`` (``"validation_mcc"``;
             ``"mcc"`` for a single eval set), or None to keep the last epoch.
+        bf16: train and evaluate under bf16 autocast (mixed precision; the weights stay float32).
         overrides: further ``TrainingArguments`` fields.
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -87,6 +89,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         save_strategy="no",
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         seed=seed,
+        bf16=bf16,
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=get_device().type == "cpu",  # lets torchrun/accelerate start CPU processes (gloo)
@@ -303,7 +306,7 @@ def check_long_run(costs: StepCosts, plans: list[PlannedTraining], allowed: bool
 
 def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("frozen", "bitfit", "full"), *,
                        batch_size: int = 32, max_length: int = 128, probe_pairs: int | None = None,
-                       steps: int = 3, clock=time.perf_counter) -> StepCosts:
+                       steps: int = 3, bf16: bool = False, clock=time.perf_counter) -> StepCosts:
     """Time a few optimizer steps of each method, and the scoring of pairs, on this device.
 
     A probe batch of real training pairs, each cut or padded to the mean length of (up to 256 of)
@@ -319,6 +322,7 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
         probe_pairs: pairs per timed step (default: ``batch_size``); the time is scaled to
             ``batch_size`` pairs (smaller probes overestimate: a step has fixed costs too).
         steps: timed steps per method.
+        bf16: time the steps under bf16 autocast, as ``make_trainer(bf16=True)`` trains.
         clock: seconds as a float (tests pass a fake clock).
     """
     import statistics
@@ -338,6 +342,7 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
     model.to(device)
     was_trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     had_terms, terms = hasattr(model, "bitfit_bias_terms"), getattr(model, "bitfit_bias_terms", None)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
     def timed(work) -> float:
         work()  # untimed: the first call pays one-off costs
@@ -360,14 +365,16 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0, weight_decay=0.0)
 
             def step():
-                model(**batch, labels=labels).loss.backward()
+                with autocast():
+                    loss = model(**batch, labels=labels).loss
+                loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
             step_seconds[method] = timed(step) * batch_size / probe
             del optimizer
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             eval_pair_seconds = timed(lambda: model(**batch)) / probe
     finally:
         for name, param in model.named_parameters():

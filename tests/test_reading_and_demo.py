@@ -63,6 +63,10 @@ def test_read_demo_finds_bitfit_and_sums_section_times():
     got = read_demo(nb)
     assert got["bitfit_dev_accuracy"] == 80.1 and got["bitfit_kept_epoch"] == 4.0 and got["bitfit_max_epochs"] == 4
     assert got["seconds_per_section"] == {"top": 2.0, "3. 訓練 BitFit": 28.0} and got["dev_majority_accuracy"] == 68.4
+    assert got["precision"] == "float32"  # no precision line: the demo trained in float32
+    note = {"output_type": "stream", "name": "stdout", "text": "DEMO precision: bf16 autocast instead of float32 (...)\n"}
+    nb["cells"][0]["outputs"].append(note)
+    assert read_demo(nb)["precision"] == "bf16 autocast"
     with pytest.raises(ValueError, match="no BitFit result"):
         read_demo({"cells": [_code("setup")]})
 
@@ -77,4 +81,7 @@ def test_readme_demo_block_comes_from_the_measurement_file(tmp_path):
         "bitfit_dev_accuracy": 79.66, "bitfit_dev_f1": 85.0, "dev_majority_accuracy": 68.4}), encoding="utf-8")
     text = demo_block(tmp_path)
     assert "**333 秒**" in text and "**79.7**" in text and "abcdef0" in text and "68.4" in text and "2 核 CPU，無 GPU" in text and "高出 11.3 分" in text
-    assert "離開了多數類" in text
+    assert "離開了多數類" in text and "（float32）" in text  # a measurement before the precision was recorded
+    measured = json.loads((tmp_path / "demo_cpu.json").read_text(encoding="utf-8"))
+    (tmp_path / "demo_cpu.json").write_text(json.dumps({**measured, "precision": "bf16 autocast"}), encoding="utf-8")
+    assert "**333 秒**（bf16 autocast）" in demo_block(tmp_path)

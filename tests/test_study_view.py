@@ -207,3 +207,33 @@ def test_tta_sentences_give_each_ratio_and_its_cause_from_the_two_runs(tmp_path)
     report_tta(runs, tmp_path)
     said = tta_sentences(tmp_path)
     assert "BitFit 4 個 epoch 內沒到，Full FT 100 秒。" in said[1] and "BitFit 始終沒到" in said[3]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_cpu_demo_uses_bf16_only_where_the_cpu_computes_it_in_hardware(tmp_path, monkeypatch, native):
+    import lab.models
+
+    monkeypatch.setattr(lab.models, "cpu_has_native_bf16", lambda: native)
+    demo = run_settings(False, True, None, "cpu", tmp_path)
+    assert demo.bf16 is native and DEMO_CPU["bf16"]
+    assert ("bf16 autocast instead of float32" in demo.note) is native
+    assert ("DEMO precision: float32" in demo.note) is not native
+    for other in (run_settings(False, False, None, "cpu", tmp_path), run_settings(True, True, None, "cpu", tmp_path),
+                  run_settings(False, True, None, "cuda", tmp_path)):  # full, QUICK, GPU demo: float32
+        assert other.bf16 is False and "precision" not in other.note
+
+
+@pytest.mark.parametrize("flags, expected", [({"_is_avx512_bf16_supported": True}, True),
+                                             ({"_is_amx_tile_supported": True}, True),
+                                             ({"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": False},
+                                              False)])
+def test_native_bf16_is_read_from_torchs_cpu_checks(monkeypatch, flags, expected):
+    import torch
+
+    from lab.models import cpu_has_native_bf16
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)  # a torch without the check counts as "no"
+    for name, value in flags.items():
+        monkeypatch.setattr(torch.cpu, name, lambda value=value: value, raising=False)
+    assert cpu_has_native_bf16() is expected

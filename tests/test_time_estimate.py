@@ -140,3 +140,17 @@ def test_exercise_3_text_times_one_bitfit_epoch_and_names_what_it_is_compared_wi
     # one epoch: 10 steps x 0.5 s + 100 scored pairs x 0.01 s = 6 s = 0.1 min
     assert text == "Exercise 3 is compared with section 3; it trains one epoch: about 0.1 min with m on this cpu."
     assert "compared with packs/p.safetensors;" in exercise_3_text(c, run, splits, "m", Path("packs/p.safetensors"))
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_measuring_with_bf16_times_the_steps_under_autocast(model, tokenizer, monkeypatch, bf16):
+    import datasets
+    import torch
+
+    monkeypatch.setattr(lab.training, "get_device", lambda: torch.device("cpu"))
+    seen = []
+    model.bert.encoder.layer[0].attention.self.query.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    pairs = datasets.Dataset.from_dict({"sentence1": ["the cat"] * 4, "sentence2": ["a cat"] * 4})
+    measure_step_costs(model, tokenizer, pairs, ("bitfit",), batch_size=4, steps=1, bf16=bf16)
+    assert seen and set(seen) == {torch.bfloat16 if bf16 else torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())

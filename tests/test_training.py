@@ -166,3 +166,20 @@ def test_kept_text_says_what_was_kept_in_the_line_the_demo_timer_reads(tokenizer
     kept = kept_row(trainer)
     assert line and line["lr"] == "5e-2" and line["epochs"] == "2" and float(line["kept"]) == kept.name
     assert float(line["acc"]) == round(100 * kept["eval_dev_accuracy"], 1) and line["train_s"] == "12"
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_trains_under_autocast_and_keeps_the_weights_float32(tokenizer, tmp_path, bf16):
+    """The CPU demo's precision: matrix products in bf16, every tensor of the model still float32."""
+    model = tiny_bert()
+    bu.apply_bitfit(model)
+    seen = []
+    query = model.bert.encoder.layer[0].attention.self.query
+    query.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    trainer = make_trainer(model, tokenizer, pairs(8, seed=0), pairs(4, seed=1), tmp_path, learning_rate=5e-2,
+                           epochs=1, batch_size=4, warmup=0.0, select_by=None, bf16=bf16, disable_tqdm=True)
+    before = query.bias.detach().clone()
+    trainer.train()
+    assert trainer.args.bf16 is bf16 and seen
+    assert set(seen) == {torch.bfloat16 if bf16 else torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters()) and not torch.equal(query.bias, before)
