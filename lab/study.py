@@ -323,9 +323,10 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
     groups the evaluation batches by length, and outside its training steps the study's BitFit
     time-to-accuracy run spent 57 of its 483 s (evaluations and loading, 6 epochs).
     What gave the margin is precision: on a CPU with bf16 instructions (AVX512-BF16 or AMX, ``cpu_has_native_bf16``)
-    the demo trains under bf16 autocast (the weights stay float32). The same design, seed 42, on the idle VM (AVX512-BF16):
-    234 s of training instead of about 310 s, and the same kept epoch 4 and dev accuracy 76.0 as in float32.
-    On a CPU without them the demo keeps float32, and its note says that it then takes longer.
+    the demo trains under bf16 autocast (the weights stay float32). The same design, seed 42, alone on the idle VM
+    (AVX512-BF16): ``trainer.train()`` took 261 s with its evaluations (float32, in the 380 s demo: 363 s), and kept
+    epoch 4 with dev accuracy 76.0, as in float32; seed 0 also kept epoch 4, dev 75.7. On a CPU without those
+    instructions the demo keeps float32, and its note says so.
     results/demo_cpu.json holds the latest measurement of the current design.
     """
     from lab.models import OFFLINE_MODEL, cpu_has_native_bf16
