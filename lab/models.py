@@ -116,9 +116,9 @@ def get_device() -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), so bf16 autocast speeds it up.
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), where bf16 autocast speeds training up.
 
-    On a CPU without them bf16 is emulated and no faster than float32; the CPU demo then keeps float32.
+    Without them bf16 is not computed in hardware, so autocast is not expected to help; the CPU demo keeps float32.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
