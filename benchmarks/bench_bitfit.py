@@ -32,7 +32,7 @@ from lab.data import load_mrpc, tokenize_pairs
 from lab.methods import setup_method
 from lab.models import OFFLINE_MODEL, get_device, load_model, offline_model_path
 from lab.training import make_trainer, set_seed, timer
-from benchmarks.study_tools import peak_rss  # noqa: E402
+from study.tools import peak_rss  # noqa: E402
 
 # "plain": BitFit selected by parameter name in plain PyTorch, to show bitfit_utils' path costs the same.
 METHODS = {"full": None, "bitfit": "all", "bitfit_qi": ["query", "intermediate"], "plain": "by-name"}

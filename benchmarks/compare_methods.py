@@ -43,8 +43,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import bitfit_utils as bu  # noqa: E402
-from benchmarks.handout_recipes import HandoutBitFitLoRA, handout_adaptive_bias_initialization  # noqa: E402
-from benchmarks.study_tools import mask_gradients, peak_rss, random_parameter_mask  # noqa: E402
+from lab.handout import HandoutBitFitLoRA, handout_adaptive_bias_initialization  # noqa: E402
+from study.tools import mask_gradients, peak_rss, random_parameter_mask  # noqa: E402
 from lab.analysis import full_model_size_mb  # noqa: E402
 from lab.data import selection_splits, load_mrpc, tokenize_pairs  # noqa: E402
 from lab.methods import BEFT_BERT_ALL_LINEAR, apply_beft, apply_lora, setup_method  # noqa: E402

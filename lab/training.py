@@ -20,11 +20,8 @@ import torch
 from transformers import TrainerCallback
 
 from lab.models import OFFLINE_MODEL, get_device, load_model
+from lab.selection import SELECT_BY, best_entry, should_stop, tie_break_metric
 
-#: What selects the epoch (and, in the study, the learning rate): the Matthews correlation on the
-#: validation split. Any constant prediction scores exactly 0, so the majority class cannot win it
-#: (it wins F1: predicting "equivalent" for every MRPC pair already scores F1 81).
-SELECT_BY = "validation_mcc"
 
 
 def set_seed(seed: int) -> None:
@@ -48,8 +45,8 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str | os.PathLike, *,
                  learning_rate: float, epochs: float, batch_size: int = 32, seed: int = 42,
                  warmup: float = 0.1, schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
-                 select_by: str | None = SELECT_BY, group_by_length: bool = True, bf16: bool = False,
-                 **overrides: Any):
+                 select_by: str | None = SELECT_BY, patience: int | None = None, group_by_length: bool = True,
+                 bf16: bool = False, **overrides: Any):
     """A ``transformers.Trainer`` set up the lab's way.
 
     Evaluates every epoch (accuracy, F1, MCC), warms the learning rate up over the first
@@ -70,6 +67,8 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
             validation, which plays the part of a decay) or ``"linear"`` (decay to 0).
         select_by: the metric that picks the epoch, without ``eval_`` (``"validation_mcc"``;
             ``"mcc"`` for a single eval set), or None to keep the last epoch.
+        patience: with ``select_by``, stop once this many epochs in a row brought no better one
+            (``lab.selection``); None trains every epoch.
         bf16: train and evaluate under bf16 autocast (mixed precision; the weights stay float32).
         overrides: further ``TrainingArguments`` fields.
     """
@@ -99,28 +98,39 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
     sets = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
     callbacks = [EpochSeconds(), TimeEstimate(sum(len(s) for s in sets if s is not None))]
     if select_by:
-        callbacks.append(KeepBest(f"eval_{select_by}"))
+        callbacks.append(KeepBest(f"eval_{select_by}", patience))
     return Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                    processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                    compute_metrics=compute_metrics, callbacks=callbacks)
 
 
 class KeepBest(TrainerCallback):
-    """Keep a copy of the trainable tensors at the best evaluation of ``metric``; restore it at the end.
+    """Keep a copy of the trainable tensors at the epoch ``lab.selection`` picks; restore it at the end.
 
-    Ties keep the earlier epoch. ``best_epoch`` and ``best_value`` say what was kept.
+    The rule: best ``metric``, then best accuracy of the same split, then the earlier epoch. With
+    ``patience`` training stops once that many evaluations in a row brought no better epoch.
+    ``best_epoch`` and ``best_value`` say what was kept.
     """
 
-    def __init__(self, metric: str):
-        self.metric = metric
+    def __init__(self, metric: str, patience: int | None = None):
+        self.metric, self.patience = metric, patience
         self.best_value, self.best_epoch = -math.inf, None
+        self.log: list[dict[str, float]] = []
         self._kept: dict[str, torch.Tensor] = {}
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.metric)
-        if value is not None and value > self.best_value:
-            self.best_value, self.best_epoch = value, round(state.epoch, 2)
+        metrics = metrics or {}
+        if metrics.get(self.metric) is None:
+            return
+        tie = tie_break_metric(self.metric)
+        self.log.append({"epoch": round(state.epoch, 2), self.metric: metrics[self.metric],
+                         tie: metrics.get(tie, 0.0)})
+        best = best_entry(self.log, self.metric)
+        if best is self.log[-1]:
+            self.best_value, self.best_epoch = best[self.metric], best["epoch"]
             self._kept = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if should_stop(self.log, self.patience, self.metric):
+            control.should_training_stop = True
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self._kept:

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from benchmarks.study_tools import peak_rss
+from study.tools import peak_rss
 from conftest import ROOT
 
 
@@ -34,7 +34,7 @@ def test_bench_quick_reports_everything(tmp_path):
 def test_peak_rss_is_this_process_not_the_parent():
     """A child started by a big parent must not inherit the parent's peak (ru_maxrss does on Linux)."""
     big = torch.ones(300 * 2**20 // 4)  # the parent holds ~300 MiB more than the child will
-    code = "from benchmarks.study_tools import peak_rss; print(peak_rss())"
+    code = "from study.tools import peak_rss; print(peak_rss())"
     child = int(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                                check=True).stdout.split()[-1])
     assert peak_rss() - child > 200 * 2**20

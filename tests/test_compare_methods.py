@@ -46,7 +46,7 @@ def test_adaptive_init_overwrites_pretrained_biases():
 
 
 def test_random_baseline_moves_only_the_masked_entries_and_the_head():
-    from benchmarks.study_tools import random_parameter_mask
+    from study.tools import random_parameter_mask
 
     model, n = cm.setup(tiny_bert(), "random", seed=1)
     groups = bu.parameter_groups(model)

@@ -9,8 +9,8 @@ from transformers import (BertConfig, BertForSequenceClassification, DistilBertC
 
 import bitfit_utils as bu
 from lab.methods import apply_lora, setup_method
-from benchmarks.handout_recipes import HandoutBitFitLoRA, handout_adaptive_bias_initialization
-from benchmarks.study_tools import mask_gradients, random_parameter_mask
+from lab.handout import HandoutBitFitLoRA, handout_adaptive_bias_initialization
+from study.tools import mask_gradients, random_parameter_mask
 from conftest import TINY, tiny_bert
 
 

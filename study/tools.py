@@ -1,15 +1,13 @@
-"""Helpers the benchmark scripts share (``bench_bitfit.py``, ``compare_methods.py``): memory, the random baseline."""
+"""Helpers the study and the benchmarks share: peak memory, the random-mask baseline."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import bitfit_utils as bu  # noqa: E402
+import bitfit_utils as bu
 
 
 def peak_rss(reset: bool = False) -> int:

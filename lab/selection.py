@@ -1,0 +1,41 @@
+"""The one rule that picks an epoch (and, in the study, a learning rate): best validation MCC.
+
+Every training of the lab follows it: ``lab.training.KeepBest`` while a Trainer runs, the study
+when it reads its run files. Matthews correlation is used because any constant prediction
+scores exactly 0 on it, so the majority class cannot win (it wins F1: answering "equivalent"
+for every MRPC pair already scores F1 81).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+#: The metric that selects: MCC on the validation split carved from train (never dev).
+SELECT_BY = "validation_mcc"
+#: Epochs without a better ``SELECT_BY`` after which training stops (every method, every run).
+PATIENCE = 3
+
+
+def tie_break_metric(metric: str) -> str:
+    """The metric that breaks a tie on ``metric``: accuracy on the same split (``validation_mcc`` -> ``validation_accuracy``)."""
+    return metric[: -len("mcc")] + "accuracy" if metric.endswith("mcc") else metric
+
+
+def selection_key(entry: Mapping[str, float], metric: str = SELECT_BY) -> tuple[float, float, float]:
+    """Sort key of one evaluated epoch: higher ``metric``, then higher accuracy of the same split, then earlier."""
+    tie = tie_break_metric(metric)
+    return (entry[metric], entry.get(tie, 0.0), -entry["epoch"])
+
+
+def best_entry(log: Sequence[Mapping[str, float]], metric: str = SELECT_BY) -> Mapping[str, float]:
+    """The epoch the rule keeps among ``log`` (one mapping per evaluated epoch, with ``"epoch"``)."""
+    if not log:
+        raise ValueError("No evaluated epoch to select from: train for at least one epoch with evaluation.")
+    return max(log, key=lambda entry: selection_key(entry, metric))
+
+
+def should_stop(log: Sequence[Mapping[str, float]], patience: int | None, metric: str = SELECT_BY) -> bool:
+    """True when the last ``patience`` evaluations brought no better epoch (``None``: never stop early)."""
+    if patience is None or not log:
+        return False
+    return len([e for e in log if e["epoch"] > best_entry(log, metric)["epoch"]]) >= patience

@@ -1,0 +1,1 @@
+"""The comparison study: its methods (``methods``), its runner (``run``), its tables and pages (``report``)."""

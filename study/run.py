@@ -1,0 +1,296 @@
+"""The comparison study, protocol 3: BitFit against other ways to fine-tune MRPC, each tuned the same way.
+
+The rule. Every run trains on MRPC train minus a stratified 10 % validation split
+(``lab.data.selection_splits``), scores validation and GLUE dev after every epoch and logs both,
+with its training seconds, into its run file. Epoch and learning rate are chosen on validation
+MCC by ``lab.selection`` (dev is only reported). What protocol 3 adds to protocol 2:
+
+* **training length never decides**: every run stops when validation MCC has not improved for
+  ``PATIENCE`` epochs, under a cap (``MAX_EPOCHS``) that is there only to bound a run; the
+  warm-up is a fixed number of steps (half an epoch), so the cap does not change the recipe;
+* **the tuning seed stays out**: the grid runs at seed 0; the reported seeds are 1..N;
+* **the head is decided first**: the offline MiniLM's pooler was never trained, so stage
+  ``head`` trains BitFit (lr 1e-3, seeds 1-3) with the [CLS] head and with masked mean
+  pooling and keeps the head with the higher mean validation MCC; every method then uses it.
+
+Stages, each waiting for the one before: ``head`` -> ``grid`` (every headline method at every
+rate of its grid, seed 0) -> ``seeds`` (the chosen rate, seeds 1..N) -> ``cost`` (BitFit and
+Full FT alone on the machine for two epochs: the seconds an epoch costs, for time-to-accuracy).
+Each run happens in its own process and writes ``<out>/runs/<run>.json`` whole when it ends
+(a killed run leaves nothing and is redone), so a stopped study goes on where it stopped.
+
+    python -m study.run --plan                      # every run, done or not, and the CPU hours left
+    python -m study.run --jobs 2 --threads 1        # run what is left on a 2-core CPU
+    python -m study.run --quick --out DIR           # smoke test (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from statistics import mean
+
+import torch
+
+import bitfit_utils as bu
+from lab.data import load_mrpc, selection_splits, tokenize_pairs
+from lab.heads import POOLINGS, set_pooling
+from lab.models import OFFLINE_MODEL, load_model
+from lab.selection import PATIENCE, SELECT_BY, best_entry
+from lab.training import history_frame, make_trainer, set_seed
+from study.methods import HEADLINE, METHODS, checkpoint_bytes, setup
+from study.tools import peak_rss
+
+PROTOCOL = 3
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "v3"
+BATCH_SIZE = 32
+#: A bound on any run's length, the same for every method; the stopping rule decides before it.
+MAX_EPOCHS = 20
+#: The head check: BitFit at this rate, these seeds, each head of ``POOLINGS``.
+HEAD_CHECK = {"method": "bitfit", "lr": 1e-3, "seeds": (1, 2, 3)}
+#: Epochs of a cost run (no early stop): what an epoch costs with the machine to itself.
+COST_EPOCHS = 2
+COST_METHODS = ("bitfit", "full")
+#: Until runs of a method have measured them: machine seconds per epoch, and epochs a run trains.
+EPOCH_S_GUESS = {"frozen": 60.0, "full": 130.0}
+EPOCH_S_DEFAULT = 100.0
+EPOCHS_GUESS = {"frozen": 8, "full": 6}
+EPOCHS_DEFAULT = 11
+
+
+def spec_name(spec: dict) -> str:
+    lr = f"lr{spec['lr']:g}" if spec["lr"] is not None else "lr?"
+    head = spec["head"] or "?"
+    return f"{spec['part']}-{spec['method']}-{head}-{lr}-s{spec['seed']}"
+
+
+# ----- what the finished runs decided ------------------------------------------------
+
+
+def kept(run: dict) -> dict:
+    """The epoch the rule keeps in a finished run (``lab.selection.best_entry`` on its log)."""
+    return best_entry(run["log"], SELECT_BY)
+
+
+def choose_head(runs: list[dict], quick: bool = False) -> str | None:
+    """The head with the higher mean validation MCC over the head check's seeds (ties: ``"cls"``); None until complete."""
+    seeds = HEAD_CHECK["seeds"][:1] if quick else HEAD_CHECK["seeds"]
+    scores: dict[str, list[float]] = {h: [] for h in POOLINGS}
+    for r in runs:
+        if r["part"] == "head":
+            scores[r["head"]].append(kept(r)["validation_mcc"])
+    if any(len(v) < len(seeds) for v in scores.values()):
+        return None
+    return max(POOLINGS, key=lambda h: (mean(scores[h]), h == "cls"))
+
+
+def grid_lrs(method: str, quick: bool) -> tuple[float, ...]:
+    return METHODS[method].lrs[:1] if quick else METHODS[method].lrs
+
+
+def choose_lrs(runs: list[dict], head: str | None, quick: bool = False) -> dict[str, float]:
+    """The chosen rate of every headline method whose grid is complete: best validation MCC at the kept epoch."""
+    chosen = {}
+    for method in HEADLINE:
+        grid = {r["lr"]: r for r in runs if r["part"] == "grid" and r["method"] == method and r["head"] == head}
+        if grid and set(grid) >= set(grid_lrs(method, quick)):
+            best = max(grid.values(), key=lambda r: (kept(r)["validation_mcc"], kept(r)["validation_accuracy"], -r["lr"]))
+            chosen[method] = best["lr"]
+    return chosen
+
+
+def plan(runs: list[dict], quick: bool = False) -> list[dict]:
+    """Every run of protocol 3; ``head`` or ``lr`` is None where it waits for an earlier stage."""
+    head = choose_head(runs, quick)
+    chosen = choose_lrs(runs, head, quick) if head else {}
+    check_seeds = HEAD_CHECK["seeds"][:1] if quick else HEAD_CHECK["seeds"]
+    specs = [{"part": "head", "method": HEAD_CHECK["method"], "head": h, "lr": HEAD_CHECK["lr"], "seed": s}
+             for s in check_seeds for h in POOLINGS]
+    specs += [{"part": "grid", "method": m, "head": head, "lr": lr if head else None, "seed": 0}
+              for m in HEADLINE for lr in grid_lrs(m, quick)]
+    for m in HEADLINE:
+        n = 1 if quick else METHODS[m].seeds
+        specs += [{"part": "seeds", "method": m, "head": head, "lr": chosen.get(m), "seed": s} for s in range(1, n + 1)]
+    specs += [{"part": "cost", "method": m, "head": head, "lr": chosen.get(m), "seed": 1} for m in COST_METHODS]
+    for s in specs:
+        s["name"], s["quick"] = spec_name(s), quick
+    return specs
+
+
+def ready(spec: dict) -> bool:
+    return spec["head"] is not None and spec["lr"] is not None
+
+
+# ----- one run ------------------------------------------------------------------------
+
+
+def _commit() -> str:
+    """The commit of the code that runs (the study runs from a worktree pinned at one)."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return proc.stdout.strip() + ("-dirty" if dirty else "") if proc.returncode == 0 else "unknown"
+
+
+def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
+    """Train one configuration; return its settings and per-epoch log (``jobs``: runs sharing the machine)."""
+    set_seed(spec["seed"])
+    splits = selection_splits(load_mrpc())
+    model, tokenizer = load_model(OFFLINE_MODEL, verbose=False)
+    set_pooling(model, spec["head"])
+    total = bu.count_parameters(model)[1]
+    model, trainable = setup(model, spec["method"], spec["seed"])
+    encoded = tokenize_pairs(splits, tokenizer)
+    train, validation, dev = encoded["train"], encoded["validation"], encoded["dev"]
+    if quick:
+        train, validation, dev = train.select(range(64)), validation.select(range(32)), dev.select(range(32))
+    cost = spec["part"] == "cost"
+    max_epochs = COST_EPOCHS if cost else (2 if quick else MAX_EPOCHS)
+    warmup_steps = max(1, math.ceil(len(train) / BATCH_SIZE) // 2)  # half an epoch, whatever the cap
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as out:
+        trainer = make_trainer(model, tokenizer, train, {"validation": validation, "dev": dev}, out,
+                               learning_rate=spec["lr"], epochs=max_epochs, batch_size=BATCH_SIZE, seed=spec["seed"],
+                               warmup=warmup_steps, select_by=None if cost else SELECT_BY,
+                               patience=None if cost else PATIENCE, disable_tqdm=True)
+        start = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - start
+    history = history_frame(trainer)
+    log = [{"epoch": float(e), "train_seconds": row["train_seconds"], "train_loss": row.get("train_loss"),
+            **{f"{split}_{metric}": row[f"eval_{split}_{metric}"] for split in ("validation", "dev")
+               for metric in ("loss", "accuracy", "f1", "mcc")}}
+           for e, row in history.iterrows()]
+    labels, dev_labels = validation["label"], dev["label"]
+    kept_epoch = best_entry(log, SELECT_BY)["epoch"]
+    return {**spec, "protocol": PROTOCOL, "commit": _commit(), "max_epochs": max_epochs, "patience": PATIENCE,
+            "warmup_steps": warmup_steps, "last_epoch": log[-1]["epoch"], "kept_epoch": kept_epoch,
+            "kept_at_cap": kept_epoch >= max_epochs, "precision": "float32", "steps": trainer.state.global_step,
+            "train_pairs": len(train), "validation_pairs": len(validation), "dev_pairs": len(dev),
+            "validation_majority": max(sum(labels), len(labels) - sum(labels)) / len(labels),
+            "dev_positive_share": sum(dev_labels) / len(dev_labels),
+            "trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
+            "checkpoint_bytes": checkpoint_bytes(model, spec["method"]), "wall_seconds": wall,
+            "peak_rss_mib": peak_rss() / 2**20, "threads": torch.get_num_threads(), "concurrent_runs": jobs,
+            "loadavg_1min": [load_before[0], os.getloadavg()[0]],
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            **bu.library_versions(), "log": log}
+
+
+# ----- the plan and the runner -----------------------------------------------------------
+
+
+def read_runs(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
+
+
+def epoch_seconds(runs: list[dict]) -> dict[str, float]:
+    """Machine seconds per epoch (training and evaluations) per method: wall / epochs / runs sharing the CPU."""
+    seconds: dict[str, list[float]] = {}
+    for r in runs:
+        if r["device"] == "cpu" and not r.get("quick") and r["part"] != "cost":
+            seconds.setdefault(r["method"], []).append(r["wall_seconds"] / r["last_epoch"] / r["concurrent_runs"])
+    return {m: mean(v) for m, v in seconds.items()}
+
+
+def epochs_run(runs: list[dict]) -> dict[str, float]:
+    """Mean epochs a finished (non-cost) run of each method trained before the stopping rule ended it."""
+    epochs: dict[str, list[float]] = {}
+    for r in runs:
+        if not r.get("quick") and r["part"] != "cost":
+            epochs.setdefault(r["method"], []).append(r["last_epoch"])
+    return {m: mean(v) for m, v in epochs.items()}
+
+
+def machine_hours(runs: list[dict]) -> dict[str, float]:
+    """Hours of each device the finished runs took: wall time divided by the runs sharing the device."""
+    hours: dict[str, float] = {}
+    for r in runs:
+        if not r.get("quick"):
+            hours[r["device"]] = hours.get(r["device"], 0.0) + r["wall_seconds"] / r["concurrent_runs"] / 3600
+    return hours
+
+
+def show_plan(folder: Path, quick: bool) -> None:
+    """Print every run, done or not, and the CPU hours left (measured where runs have finished, else guessed)."""
+    runs = read_runs(folder)
+    per_epoch, n_epochs = epoch_seconds(runs), epochs_run(runs)
+    done = {r["name"] for r in runs}
+    left_s, rows = 0.0, []
+    for spec in plan(runs, quick):
+        m = spec["method"]
+        epochs = COST_EPOCHS if spec["part"] == "cost" else n_epochs.get(m, EPOCHS_GUESS.get(m, EPOCHS_DEFAULT))
+        seconds = per_epoch.get(m, EPOCH_S_GUESS.get(m, EPOCH_S_DEFAULT)) * epochs
+        state = "done" if spec["name"] in done else "to run" if ready(spec) else "waits"
+        if state != "done":
+            left_s += seconds
+        rows.append(f"{state:7} {spec['name']:42} ~{seconds / 60:5.1f} machine-min")
+    print("\n".join(rows))
+    n_done = sum(r.startswith("done") for r in rows)
+    spent = sum(machine_hours(runs).values())
+    basis = ", ".join(f"{m} {s:.0f} s x {n_epochs[m]:.1f} epochs" for m, s in sorted(per_epoch.items())) or \
+        "nothing measured yet: guesses"
+    print(f"\nprotocol {PROTOCOL}: {n_done} of {len(rows)} runs done; spent {spent:.1f} machine-hours, about "
+          f"{left_s / 3600:.1f} left, {spent + left_s / 3600:.1f} in all (per epoch and epochs per run: {basis}). "
+          f"Head: {choose_head(runs, quick) or 'not chosen yet'}.")
+
+
+def run_left(folder: Path, quick: bool, jobs: int, threads: int | None) -> None:
+    """Run every ready run that has no file yet; repeat as stages complete. Cost runs go last, one at a time."""
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+
+    def start(spec: dict) -> None:
+        alone = spec["part"] == "cost"
+        n, t = (1, None) if alone else (jobs, threads)
+        print(f"run {spec['name']}", flush=True)
+        cmd = [sys.executable, "-m", "study.run", "--run", json.dumps(spec), "--out", str(folder), "--jobs", str(n)]
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(t)} if t else {})}
+        subprocess.run(cmd + (["--quick"] if quick else []) + (["--threads", str(t)] if t else []),
+                       check=True, env=env, cwd=ROOT)
+
+    while True:
+        done = {p.stem for p in (folder / "runs").glob("*.json")}
+        todo = [s for s in plan(read_runs(folder), quick) if ready(s) and s["name"] not in done]
+        batch = [s for s in todo if s["part"] != "cost"] or todo
+        if not batch:
+            return
+        with ThreadPoolExecutor(max_workers=1 if batch[0]["part"] == "cost" else jobs) as pool:
+            list(pool.map(start, batch))  # list(): re-raises the first failed run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny data, at most two epochs (a smoke test)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--plan", action="store_true", help="list every run, done or not, and the time left")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:  # child process: one run, one file, written whole or not at all
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        spec = json.loads(args.run)
+        result = run_one(spec, args.quick, args.jobs)
+        path = args.out / "runs" / f"{spec['name']}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+        return
+    if args.plan:
+        show_plan(args.out, args.quick)
+        return
+    run_left(args.out, args.quick, args.jobs, args.threads)
+
+
+if __name__ == "__main__":
+    main()
