@@ -34,22 +34,21 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import bitfit_utils as bu  # noqa: E402
-from lab.handout import HandoutBitFitLoRA, handout_adaptive_bias_initialization  # noqa: E402
-from study.tools import mask_gradients, peak_rss, random_parameter_mask  # noqa: E402
-from lab.analysis import full_model_size_mb  # noqa: E402
+from lab.selection import best_entry  # noqa: E402
 from lab.data import selection_splits, load_mrpc, tokenize_pairs  # noqa: E402
-from lab.methods import BEFT_BERT_ALL_LINEAR, apply_beft, apply_lora, setup_method  # noqa: E402
 from lab.models import OFFLINE_MODEL, load_model  # noqa: E402
 from lab.training import history_frame, make_trainer, set_seed  # noqa: E402
+from study.methods import METHODS as REGISTRY  # noqa: E402
+from study.methods import Method, checkpoint_bytes, setup  # noqa: E402
+from study.tools import peak_rss  # noqa: E402
 
 PROTOCOL = 2
 RESULTS = ROOT / "results"
@@ -57,89 +56,20 @@ BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
-class Method:
-    """How a method is tuned: its learning-rate grid (headline) or its parent (ablation), and its budget."""
+class P2Method(Method):
+    """A method of the registry with protocol 2's budget: the most epochs a run trains."""
 
-    epochs: int  # the most epochs a run trains; the epoch kept is chosen on validation
-    why: str
-    lrs: tuple[float, ...] = ()  # headline methods: the grid, one trial per rate
-    parent: str | None = None  # ablations: the method whose chosen rate and epochs they use
-    seeds: int = 3  # seeds at the chosen setting, seed 0 (the grid's) included
+    epochs: int = 6
 
 
-# Every headline method gets three rates, a factor of about 3 apart, centred on the usual rate for
-# its kind of parameters; the parameter-efficient ones get 6 epochs (BitFit at 1e-3 needed about 4
-# to leave the majority class in earlier runs on this model), Full FT 4 (it fits in 2-3).
-METHODS: dict[str, Method] = {
-    "frozen": Method(6, "one linear layer on frozen features tolerates large rates", (1e-3, 3e-3, 1e-2)),
-    "bitfit": Method(6, "the BitFit paper tunes 1e-4 to 1e-3; biases need ~20x the full-FT rate",
-                     (3e-4, 1e-3, 3e-3), seeds=5),
-    "full": Method(4, "the usual BERT grid (2e-5 to 5e-5) and one step up for a 6-layer model",
-                   (2e-5, 5e-5, 1e-4), seeds=5),
-    "lora": Method(6, "around the LoRA paper's 4e-4 to 5e-4 for base-size encoders (r=8 on query, value)",
-                   (1e-4, 3e-4, 1e-3), seeds=5),
-    "beft": Method(6, "BEFT's vectors get exactly the bias gradient (tests/test_families.py): BitFit's grid",
-                   (3e-4, 1e-3, 3e-3)),
-    "beft_all": Method(6, "as beft, on every attention/FFN Linear layer", (3e-4, 1e-3, 3e-3)),
-    "bitfit_qi": Method(6, "BitFit's recipe on b_q and b_m2 (query, intermediate) only", parent="bitfit"),
-    "random": Method(6, "BitFit's recipe on as many random scalars as BitFit trains", parent="bitfit"),
-    "adaptive_init": Method(6, "BitFit's recipe after the handout's adaptive_bias_initialization",
-                            parent="bitfit"),
-    "bitfit_lora": Method(6, "LoRA's recipe; the biases also train (LoraConfig(bias='all'))", parent="lora"),
-    "handout_bitfitlora": Method(6, "LoRA's recipe, the handout's class as written (its biases end up frozen)",
-                                 parent="lora"),
-}
+# Protocol 2 gave the parameter-efficient methods 6 epochs and Full FT 4 (it fits in 2-3).
+METHODS: dict[str, P2Method] = {name: P2Method(**asdict(spec), epochs=4 if name == "full" else 6)
+                                for name, spec in REGISTRY.items()}
 HEADLINE = [m for m, spec in METHODS.items() if spec.parent is None]
 TTA_METHODS = ("bitfit", "full")
 #: Seconds per epoch (training and both evaluations, 2 threads) until runs of a method have measured it.
 EPOCH_S_GUESS = {"frozen": 40.0, "full": 120.0}
 EPOCH_S_DEFAULT = 90.0
-
-
-def setup(model, method: str, seed: int):
-    """Prepare ``model`` for ``method``; return (model to train, trainable scalar count)."""
-    if method in ("frozen", "full", "bitfit"):
-        setup_method(model, method)
-    elif method == "bitfit_qi":
-        bu.apply_bitfit(model, ["query", "intermediate"])
-    elif method == "random":
-        bitfit_count = bu.apply_bitfit(model).trainable
-        groups = bu.parameter_groups(model)
-        head = [p for n, p in model.named_parameters() if groups[n] == "head"]
-        head_count = sum(p.numel() for p in head)
-        model.requires_grad_(False)
-        masks = random_parameter_mask(model, bitfit_count - head_count, seed=seed)
-        mask_gradients(model, masks)
-        for p in head:
-            p.requires_grad = True
-        return model, sum(int(m.sum()) for m in masks.values()) + head_count
-    elif method == "lora":
-        model = apply_lora(model, bias="none")
-    elif method == "bitfit_lora":
-        model = apply_lora(model, bias="all")
-    elif method == "beft":
-        model = apply_beft(model)
-    elif method == "beft_all":
-        model = apply_beft(model, BEFT_BERT_ALL_LINEAR)
-    elif method == "handout_bitfitlora":
-        model = HandoutBitFitLoRA(model).peft_model
-    elif method == "adaptive_init":
-        bu.apply_bitfit(model)
-        handout_adaptive_bias_initialization(model, "classification")
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    return model, bu.count_parameters(model)[0]
-
-
-def checkpoint_bytes(model, method: str) -> int:
-    """Bytes on disk of what a trained run must keep: the adapter, the bias pack or the whole model."""
-    with tempfile.TemporaryDirectory() as folder:
-        if method in ("lora", "bitfit_lora", "handout_bitfitlora", "beft", "beft_all"):
-            model.save_pretrained(folder)  # the adapter only (with the head, for SEQ_CLS)
-            return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-        if method in ("full", "random"):
-            return int(full_model_size_mb(model) * 1e6)  # a random mask touches whole tensors
-        return bu.save_bias_checkpoint(model, Path(folder) / "p.safetensors").stat().st_size
 
 
 def _commit() -> str:
@@ -193,8 +123,8 @@ def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
 
 
 def kept(run: dict) -> dict:
-    """The epoch the rule keeps: best validation MCC, then validation accuracy, then the earliest."""
-    return max(run["log"], key=lambda e: (e["validation_mcc"], e["validation_accuracy"], -e["epoch"]))
+    """The epoch the rule keeps (``lab.selection``): best validation MCC, then validation accuracy, then the earliest."""
+    return best_entry(run["log"])
 
 
 def choose(runs: list[dict]) -> dict[str, float]:

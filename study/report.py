@@ -1,0 +1,234 @@
+"""Tables and plot of protocol 3, rebuilt from its run files (``python -m study.report [--out DIR]``).
+
+Writes into the results folder (``results/v3`` by default):
+
+* ``runs.csv``: one row per run at the epoch the rule keeps, with its kept and last epoch;
+* ``head.csv`` / ``head.md``: the head check, validation MCC only (what chose the head);
+* ``grid.csv`` / ``grid.md``: every grid trial (seed 0), validation scores only (what chose the rate);
+* ``methods.csv`` / ``methods.md``: every headline method at its chosen rate over the reported seeds
+  (1..N, never the tuning seed 0): dev at the kept epoch, mean, std and every seed, kept and last epochs;
+* ``tta.csv`` / ``tta.md``: per reported seed, training seconds to reach two validation targets, at the
+  epoch cost measured by the cost runs (the machine to itself), and the BitFit / Full FT ratio;
+* ``methods.png``: dev accuracy per method, every seed a dot beside the mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from statistics import median
+
+from study.run import RESULTS, choose_head, choose_lrs, kept, machine_hours, read_runs
+from study.methods import HEADLINE, METHODS
+
+TTA_METHODS = ("bitfit", "full")
+
+
+def _cell(value, digits: int | None = None) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float) and value != value:
+        return "–"
+    if digits is not None and isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, (int, float)) and float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return str(value)
+
+
+def markdown(table, digits: dict[str, int] | None = None) -> str:
+    """A DataFrame as a GitHub markdown table; ``digits`` fixes the decimals of a column."""
+    digits = digits or {}
+    lines = ["| " + " | ".join([table.index.name or "", *map(str, table.columns)]) + " |",
+             "|" + "---|" * (len(table.columns) + 1)]
+    lines += ["| " + " | ".join([str(i), *(_cell(v, digits.get(c)) for c, v in zip(table.columns, row))]) + " |"
+              for i, row in zip(table.index, table.itertuples(index=False))]
+    return "\n".join(lines) + "\n"
+
+
+def flat(run: dict) -> dict:
+    """One run as one row: its settings, kept and last epoch, and the scores at the kept epoch (% for accuracy/F1)."""
+    at = kept(run)
+    row = {k: v for k, v in run.items() if k not in ("log", "loadavg_1min")}
+    row.update(kept_epoch=at["epoch"], kept_train_seconds=at["train_seconds"])
+    for split in ("validation", "dev"):
+        row.update({f"{split}_accuracy": 100 * at[f"{split}_accuracy"], f"{split}_f1": 100 * at[f"{split}_f1"],
+                    f"{split}_mcc": at[f"{split}_mcc"]})
+    return row
+
+
+def head_table(runs: list[dict]):
+    """The head check: validation MCC at the kept epoch per seed and its mean, per head (no dev number)."""
+    import pandas as pd
+
+    rows = []
+    for head in sorted({r["head"] for r in runs if r["part"] == "head"}):
+        these = sorted((r for r in runs if r["part"] == "head" and r["head"] == head), key=lambda r: r["seed"])
+        mccs = [kept(r)["validation_mcc"] for r in these]
+        rows.append({"head": head, "seeds": " ".join(str(r["seed"]) for r in these),
+                     "validation MCC per seed": " ".join(f"{m:.3f}" for m in mccs),
+                     "mean validation MCC": sum(mccs) / len(mccs),
+                     "kept / last epoch": " ".join(f"{r['kept_epoch']:g}/{r['last_epoch']:g}" for r in these),
+                     "first epoch off the majority class": " ".join(str(_first_above_zero(r)) for r in these)})
+    return pd.DataFrame(rows).set_index("head") if rows else pd.DataFrame()
+
+
+def _first_above_zero(run: dict) -> int | str:
+    return next((int(e["epoch"]) for e in run["log"] if e["validation_mcc"] > 0), "never")
+
+
+def grid_table(runs: list[dict], chosen: dict[str, float]):
+    """Every grid trial at seed 0: validation scores at the kept epoch, kept and last epoch, the rate chosen."""
+    import pandas as pd
+
+    rows = [{"method": r["method"], "lr": r["lr"], "kept epoch": r["kept_epoch"], "last epoch": r["last_epoch"],
+             "validation MCC": kept(r)["validation_mcc"], "validation accuracy": 100 * kept(r)["validation_accuracy"],
+             "chosen": chosen.get(r["method"]) == r["lr"]}
+            for r in sorted(runs, key=lambda r: (HEADLINE.index(r["method"]), r["lr"])) if r["part"] == "grid"]
+    return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
+
+
+def method_table(runs: list[dict], chosen: dict[str, float]):
+    """Every headline method at its chosen rate over the reported seeds: dev mean, std, every seed, epochs."""
+    import pandas as pd
+
+    out = []
+    for method in HEADLINE:
+        these = sorted((r for r in runs if r["part"] == "seeds" and r["method"] == method
+                        and r["lr"] == chosen.get(method)), key=lambda r: r["seed"])
+        if not these:
+            continue
+        acc = pd.Series([100 * kept(r)["dev_accuracy"] for r in these])
+        f1 = pd.Series([100 * kept(r)["dev_f1"] for r in these])
+        out.append({"method": method, "lr": chosen[method], "seeds": len(these), "of": METHODS[method].seeds,
+                    "trainable": these[0]["trainable"], "trainable_pct": these[0]["trainable_pct"],
+                    "checkpoint_mb": these[0]["checkpoint_bytes"] / 1e6,
+                    "acc_mean": acc.mean(), "acc_std": acc.std(), "f1_mean": f1.mean(), "f1_std": f1.std(),
+                    "acc_per_seed": " ".join(f"{a:.1f}" for a in acc),
+                    "kept_epochs": " ".join(f"{r['kept_epoch']:g}" for r in these),
+                    "last_epochs": " ".join(f"{r['last_epoch']:g}" for r in these),
+                    "kept_at_cap": sum(bool(r["kept_at_cap"]) for r in these)})
+    return pd.DataFrame(out).set_index("method") if out else pd.DataFrame()
+
+
+def epochs_to(run: dict, accuracy: float) -> int | None:
+    """The first epoch whose validation accuracy reaches ``accuracy`` (a fraction); None if none did."""
+    return next((int(e["epoch"]) for e in run["log"] if e["validation_accuracy"] >= accuracy - 1e-12), None)
+
+
+def cost_per_epoch(runs: list[dict]) -> dict[str, float]:
+    """Training seconds an epoch costs per method, from the cost runs (alone on the machine)."""
+    return {r["method"]: r["log"][-1]["train_seconds"] / r["log"][-1]["epoch"] for r in runs if r["part"] == "cost"}
+
+
+def tta_rows(runs: list[dict], chosen: dict[str, float]) -> tuple[list[dict], dict[str, float]]:
+    """Per reported seed of BitFit and Full FT: epochs and seconds to (a) majority + 5 points, (b) Full FT's median best.
+
+    Returns the rows and the targets (fractions of validation accuracy). A seed that never reaches a
+    target has ``None`` epochs and infinite seconds: it is counted, not dropped.
+    """
+    seeds = {m: [r for r in runs if r["part"] == "seeds" and r["method"] == m and r["lr"] == chosen.get(m)]
+             for m in TTA_METHODS}
+    if not seeds["full"] or not seeds["bitfit"]:
+        return [], {}
+    majority = seeds["full"][0]["validation_majority"]
+    targets = {"majority_plus_5": majority + 0.05,
+               "full_ft_median_best": median(kept(r)["validation_accuracy"] for r in seeds["full"])}
+    cost = cost_per_epoch(runs)
+    rows = []
+    for method in TTA_METHODS:
+        for r in sorted(seeds[method], key=lambda r: r["seed"]):
+            row = {"method": method, "seed": r["seed"]}
+            for target, accuracy in targets.items():
+                epochs = epochs_to(r, accuracy)
+                row[f"{target}_epochs"] = epochs
+                row[f"{target}_seconds"] = (epochs * cost[method] if epochs is not None else math.inf) \
+                    if method in cost else math.nan
+            rows.append(row)
+    return rows, targets
+
+
+def tta_ratios(rows: list[dict], target: str) -> dict[str, float]:
+    """BitFit / Full FT seconds to ``target``: the ratio of the medians, and its range over seeds paired by number."""
+    by = {(r["method"], r["seed"]): r[f"{target}_seconds"] for r in rows}
+    bitfit = [v for (m, _), v in by.items() if m == "bitfit"]
+    full = [v for (m, _), v in by.items() if m == "full"]
+    pairs = [by[("bitfit", s)] / by[("full", s)] for (m, s) in by if m == "bitfit" and ("full", s) in by]
+    return {"median_ratio": median(bitfit) / median(full), "min_ratio": min(pairs), "max_ratio": max(pairs),
+            "bitfit_never": sum(v == math.inf for v in bitfit), "full_never": sum(v == math.inf for v in full)}
+
+
+def report(folder: Path = RESULTS) -> None:
+    """Rebuild every table and the plot of ``folder`` from its run files."""
+    import pandas as pd
+
+    runs = [r for r in read_runs(folder)]
+    if not runs:
+        print(f"No run files in {folder / 'runs'} yet.")
+        return
+    head = choose_head(runs, quick=runs[0].get("quick", False))
+    chosen = choose_lrs(runs, head, quick=runs[0].get("quick", False)) if head else {}
+    pd.DataFrame([flat(r) for r in runs]).to_csv(folder / "runs.csv", index=False)
+    written = ["runs.csv"]
+    for name, table, digits in (("head", head_table(runs), {"mean validation MCC": 3}),
+                                ("grid", grid_table(runs, chosen), {"validation MCC": 3, "validation accuracy": 1}),
+                                ("methods", method_table(runs, chosen),
+                                 {"acc_mean": 1, "acc_std": 1, "f1_mean": 1, "f1_std": 1, "trainable_pct": 3,
+                                  "checkpoint_mb": 3})):
+        if not table.empty:
+            table.to_csv(folder / f"{name}.csv")
+            (folder / f"{name}.md").write_text(markdown(table, digits))
+            written.append(f"{name}.md")
+    rows, targets = tta_rows(runs, chosen)
+    if rows and any(r["method"] == "full" for r in rows) and cost_per_epoch(runs):
+        table = pd.DataFrame(rows).set_index("method")
+        table.to_csv(folder / "tta.csv")
+        lines = [markdown(table, {c: 1 for c in table.columns if c.endswith("_seconds")})]
+        for target, accuracy in targets.items():
+            ratios = tta_ratios(rows, target)
+            lines.append(f"* {target} (validation accuracy {100 * accuracy:.1f}): BitFit / Full FT = "
+                         f"{ratios['median_ratio']:.2f} (median seed), {ratios['min_ratio']:.2f} to "
+                         f"{ratios['max_ratio']:.2f} over seeds; never reached: BitFit {ratios['bitfit_never']}, "
+                         f"Full FT {ratios['full_never']}.")
+        (folder / "tta.md").write_text("\n".join(lines) + "\n")
+        written.append("tta.md")
+    methods = method_table(runs, chosen)
+    if not methods.empty:
+        plot_methods(runs, chosen, folder / "methods.png")
+        written.append("methods.png")
+    hours = ", ".join(f"{h:.1f} h of {d}" for d, h in sorted(machine_hours(runs).items()))
+    print(f"head: {head}; chosen rates: {chosen}; wrote {', '.join(written)} in {folder}; machine time: {hours}")
+
+
+def plot_methods(runs: list[dict], chosen: dict[str, float], path: Path) -> None:
+    """Dev accuracy per method at its chosen rate: every reported seed a dot, the mean a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in HEADLINE if any(r["part"] == "seeds" and r["method"] == m for r in runs)]
+    fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 2, 3.2))
+    for i, method in enumerate(methods):
+        accs = [100 * kept(r)["dev_accuracy"] for r in runs
+                if r["part"] == "seeds" and r["method"] == method and r["lr"] == chosen.get(method)]
+        if accs:
+            ax.bar(i, sum(accs) / len(accs), color="#cfd8e3", width=0.6)
+            ax.scatter([i] * len(accs), accs, color="#1f4e79", s=14, zorder=3)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("dev accuracy (%)")
+    ax.set_ylim(60, 90)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    report(parser.parse_args().out)
+
+
+if __name__ == "__main__":
+    main()
