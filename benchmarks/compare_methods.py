@@ -43,6 +43,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import bitfit_utils as bu  # noqa: E402
+from lab import packs  # noqa: E402
 from lab.handout import HandoutBitFitLoRA, handout_adaptive_bias_initialization  # noqa: E402
 from study.tools import mask_gradients, peak_rss, random_parameter_mask  # noqa: E402
 from lab.analysis import full_model_size_mb  # noqa: E402
@@ -139,7 +140,7 @@ def checkpoint_bytes(model, method: str) -> int:
             return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
         if method in ("full", "random"):
             return int(full_model_size_mb(model) * 1e6)  # a random mask touches whole tensors
-        return bu.save_bias_checkpoint(model, Path(folder) / "p.safetensors").stat().st_size
+        return packs.save_bias_checkpoint(model, Path(folder) / "p.safetensors", task="mrpc").stat().st_size
 
 
 def _commit() -> str:
@@ -186,7 +187,7 @@ def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
             "loadavg_1min": [load_before[0], os.getloadavg()[0]],
             "cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            **bu.library_versions(), "log": log}
+            **packs.library_versions(), "log": log}
 
 
 # ----- selection ----------------------------------------------------------------
