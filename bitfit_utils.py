@@ -3,49 +3,48 @@
 BitFit freezes a pre-trained Transformer and trains only its bias terms (plus the task head).
 Read top to bottom:
 
-1. ``apply_bitfit``: freeze everything but the chosen bias groups and the head.
-2. The bias groups: which bias belongs to which module role (``parameter_groups``).
-3. Counting: ``count_parameters`` and the per-group ``parameter_table``.
-4. Bias packs: the trained biases and head as a small safetensors file, written
-   atomically and loaded only onto the base model they were trained on.
+1. The idea in plain PyTorch (``bitfit_in_plain_pytorch``): a parameter trains if it is a
+   bias or belongs to the head.
+2. ``apply_bitfit``: the same, with a choice of bias groups and a report.
+3. The bias groups: which bias belongs to which module role (``parameter_groups``);
+   other architectures' roles are registered from outside (``register_roles``).
+4. Counting: ``count_parameters`` and the per-group ``parameter_table``.
 
-Everything else the notebooks share (data, model loading, training, plots, LoRA/BEFT,
-other architectures' role tables) lives in the ``lab/`` package, one module per concern.
+This module imports nothing of the lab. Saving the trained biases (``lab.packs``), other
+architectures' role tables (``lab.families``), LoRA/BEFT (``lab.methods``) and the rest the
+notebooks share live in the ``lab/`` package, one module per concern.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from lab.families import FAMILY_ROLES, OTHER_GROUPS
 
-#: BERT's bias groups, named by the role of the module that owns the bias: BitFit's b_q, b_k,
-#: b_v (attention), b_o and its LayerNorm, b_m1 / b_m2 (the FFN's two layers) and LayerNorm,
-#: the embeddings' LayerNorm and the pooler.
-BERT_ROLES: dict[str, str] = {
-    "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
-    "attention.output.dense": "attention_output", "attention.output.LayerNorm": "attention_layernorm",
-    "intermediate.dense": "intermediate", "output.dense": "output", "output.LayerNorm": "output_layernorm",
-    "embeddings.LayerNorm": "embeddings_layernorm", "pooler.dense": "pooler",
-}
-#: Every group name ``apply_bitfit`` accepts: BERT's ten first, then other architectures' roles.
-BIAS_GROUPS: tuple[str, ...] = (*dict.fromkeys(BERT_ROLES.values()), *OTHER_GROUPS)
+def bitfit_in_plain_pytorch(model: nn.Module) -> None:
+    """BitFit's whole idea: train a parameter if and only if it is a bias or belongs to the task head.
+
+    The head is everything outside the encoder (``model.base_model_prefix``, e.g. ``bert``).
+    ``apply_bitfit(model)`` sets the same flags, and lets you pick bias groups.
+    """
+    encoder = model.base_model_prefix + "."
+    for name, param in model.named_parameters():
+        is_bias = name.endswith(".bias")
+        is_head = not name.startswith(encoder)
+        param.requires_grad = is_bias or is_head
+
+
+# ----- apply_bitfit -------------------------------------------------------------
 
 
 @dataclass
 class BitFitReport:
-    """What ``apply_bitfit`` did: totals, one row per group, and layers that have no bias."""
+    """What ``apply_bitfit`` did: totals, the bias groups that train, one row per group, layers without a bias."""
 
     trainable: int
     total: int
@@ -93,7 +92,8 @@ def apply_bitfit(
             Without it those layers train nothing and the report names them.
 
     Returns:
-        A ``BitFitReport`` with ``trainable``, ``total``, ``percent``, rows and ``without_bias``.
+        A ``BitFitReport``: ``trainable``, ``total``, ``percent``, ``bias_terms`` (the groups
+        whose biases now train), rows and ``without_bias``. The model itself gets no new attribute.
 
     Raises:
         ValueError: an unknown group, a group the model lacks, or selected groups with no
@@ -123,17 +123,56 @@ def apply_bitfit(
         param.requires_grad = group_of[name] in trained
     if train_head and "head" not in group_of.values():
         warnings.warn("train_head=True but the model has no task head outside the encoder.")
-    # the groups with biases to train (not those whose layers all lack one); recorded in saved packs
-    model.bitfit_bias_terms = [g for g in groups if any(grp == g and m.bias is not None for _, m, grp in slots)]
+    # the groups with biases to train (not those whose layers all lack one)
+    training = [g for g in groups if any(grp == g and m.bias is not None for _, m, grp in slots)]
     trainable, total = count_parameters(model)
-    rows = parameter_table(model).reset_index().to_dict("records")
-    return BitFitReport(trainable, total, model.bitfit_bias_terms, rows, [path for path, _ in missing])
+    rows = parameter_table(model, group_of).reset_index().to_dict("records")
+    return BitFitReport(trainable, total, training, rows, [path for path, _ in missing])
 
 
-# ----- The bias groups --------------------------------------------------------
+# ----- The bias groups ----------------------------------------------------------
 
-_ROLES: dict[str, str] = {path: role for table in (BERT_ROLES, *FAMILY_ROLES.values()) for path, role in table.items()}
-assert len(_ROLES) == len(BERT_ROLES) + sum(map(len, FAMILY_ROLES.values())), "a module path is listed twice"
+#: BERT's bias groups, named by the role of the module that owns the bias: BitFit's b_q, b_k,
+#: b_v (attention), b_o and its LayerNorm, b_m1 / b_m2 (the FFN's two layers) and LayerNorm,
+#: the embeddings' LayerNorm and the pooler. A path inside a layer is what follows its number.
+BERT_ROLES: dict[str, str] = {
+    "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
+    "attention.output.dense": "attention_output", "attention.output.LayerNorm": "attention_layernorm",
+    "intermediate.dense": "intermediate", "output.dense": "output", "output.LayerNorm": "output_layernorm",
+    "embeddings.LayerNorm": "embeddings_layernorm", "pooler.dense": "pooler",
+}
+#: Groups of a bias that no role table knows, named by the kind of module that owns it.
+GENERIC_GROUPS: tuple[str, ...] = ("other_linear", "other_conv", "other_norm", "other")
+#: Every group name ``apply_bitfit`` accepts: BERT's ten, the registered ones, then the generic ones.
+#: Read it as ``bitfit_utils.BIAS_GROUPS`` (``register_roles`` extends it).
+BIAS_GROUPS: tuple[str, ...] = (*dict.fromkeys(BERT_ROLES.values()), *GENERIC_GROUPS)
+_ROLES: dict[str, str] = dict(BERT_ROLES)
+
+
+def register_roles(roles: Mapping[str, str], groups: Iterable[str] = ()) -> None:
+    """Teach BitFit where another architecture's biases sit: module path -> role (group).
+
+    Registering the same path with the same role again does nothing (safe on re-import).
+
+    Args:
+        roles: module paths (what follows the layer number, or a whole path outside the layers)
+            mapped to a group name: BERT's, a generic one, or one in ``groups``.
+        groups: new group names, added to ``BIAS_GROUPS`` before the generic ones.
+
+    Raises:
+        ValueError: a role that is no group (add it to ``groups``), or a path already
+            registered with another role; nothing is registered then.
+    """
+    global BIAS_GROUPS
+    new = [g for g in dict.fromkeys(groups) if g not in BIAS_GROUPS]
+    if unknown := sorted({r for r in roles.values() if r not in BIAS_GROUPS and r not in new}):
+        raise ValueError(f"Role(s) {unknown} are no bias group: pass them in groups=[...] too.")
+    if clash := [f"{p!r} ({_ROLES[p]} vs {r})" for p, r in roles.items() if _ROLES.get(p, r) != r]:
+        raise ValueError(f"Module path(s) already registered with another role: {', '.join(clash)}. "
+                         "Give each path one role.")
+    _ROLES.update(roles)
+    keep = len(BIAS_GROUPS) - len(GENERIC_GROUPS)
+    BIAS_GROUPS = (*BIAS_GROUPS[:keep], *new, *GENERIC_GROUPS)
 
 
 def module_role(path: str) -> str | None:
@@ -155,32 +194,32 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
     ``bias``: a known role, else a generic ``other_*`` group), ``"head"`` for everything
     outside the encoder (classifier, pre_classifier, score, ...) and ``"frozen"`` for the
     remaining encoder parameters (weight matrices, embeddings, LayerNorm gains).
-    A peft-wrapped model also has a ``"lora"`` or ``"beft"`` group (``lab.methods``).
+    (Wrapped models, e.g. peft's, have their own names: ``lab.methods.parameter_groups``.)
     """
-    peft_wrapped = hasattr(model, "get_base_model") and hasattr(model, "peft_config")
-    prefix = _base_prefix(model.get_base_model() if peft_wrapped else model)
+    prefix = encoder_prefix(model)
     modules = dict(model.named_modules())
-    groups: dict[str, str] = {}
-    for full_name, _ in model.named_parameters():
-        owner, _, leaf = full_name.rpartition(".")
-        name = full_name
-        if peft_wrapped:  # peft: base_model.model.<name>, its own tensors, wrapped layers' base_layer
-            if adapter := next((kind for kind in ("lora", "beft") if f".{kind}_" in name), None):
-                groups[full_name] = adapter
-                continue
-            name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        if prefix and not name.startswith(prefix + "."):
-            groups[full_name] = "head"
-        elif leaf != "bias":
-            groups[full_name] = "frozen"
-        else:
-            path = name[len(prefix) + 1 :] if prefix else name
-            groups[full_name] = module_role(path.rpartition(".")[0]) or _generic_group(modules[owner])
-    return groups
+    return {name: parameter_group(name, modules[name.rpartition(".")[0]], prefix)
+            for name, _ in model.named_parameters()}
 
 
-def _base_prefix(model: nn.Module) -> str:
-    """The attribute name of the encoder inside ``model`` ("" if it is the encoder)."""
+def parameter_group(name: str, owner: nn.Module, prefix: str) -> str:
+    """The group of one parameter.
+
+    Args:
+        name: its name in the model, e.g. ``"bert.encoder.layer.0.attention.self.query.bias"``.
+        owner: the module that holds it (names a bias that no role table knows).
+        prefix: the encoder's attribute name (``encoder_prefix``); ``""``: the model is the encoder.
+    """
+    if prefix and not name.startswith(prefix + "."):
+        return "head"
+    path, _, leaf = name.rpartition(".")
+    if leaf != "bias":
+        return "frozen"
+    return module_role(path[len(prefix) + 1 :] if prefix else path) or _generic_group(owner)
+
+
+def encoder_prefix(model: nn.Module) -> str:
+    """The attribute name of the encoder inside ``model`` (``"bert"``; ``""`` if it is the encoder)."""
     prefix = getattr(model, "base_model_prefix", "")
     return prefix if prefix and isinstance(getattr(model, prefix, None), nn.Module) else ""
 
@@ -199,7 +238,7 @@ def _generic_group(module: nn.Module) -> str:
 def _bias_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     """``(path, module, group)`` for every encoder module that has a bias or can take one: a Linear
     or an affine LayerNorm (RMSNorm-style norms cannot: their formula has no bias term)."""
-    prefix = _base_prefix(model)
+    prefix = encoder_prefix(model)
     base = getattr(model, prefix) if prefix else model
     slots = []
     for path, module in base.named_modules():
@@ -221,11 +260,11 @@ def _resolve_groups(bias_terms: str | Sequence[str]) -> tuple[list[str], bool]:
     unknown = [g for g in groups if g not in BIAS_GROUPS]
     if unknown or not groups:
         raise ValueError(f"Unknown bias group(s) {unknown or '(empty list)'}. Use 'all' or a list of: "
-                         + ", ".join(BIAS_GROUPS))
+                         + ", ".join(BIAS_GROUPS) + " (other architectures' groups: import lab.families).")
     return groups, True
 
 
-# ----- Counting ---------------------------------------------------------------
+# ----- Counting -----------------------------------------------------------------
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -234,212 +273,28 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def parameter_table(model: nn.Module):
-    """Per-group table (DataFrame): ``tensors``, ``parameters``, ``share_%`` of all, ``trainable``; a ``total`` row."""
+def parameter_table(model: nn.Module, groups: Mapping[str, str] | None = None):
+    """Per-group table (DataFrame): ``tensors``, ``parameters``, ``share_%`` of all, ``trainable``; a ``total`` row.
+
+    Args:
+        model: any model.
+        groups: parameter name -> group (default: ``parameter_groups(model)``). Groups that are
+            no bias group (e.g. adapters) get rows after the bias groups, before ``head`` and ``frozen``.
+    """
     import pandas as pd
 
-    group_of = parameter_groups(model)
+    group_of = parameter_groups(model) if groups is None else groups
     rows: dict[str, dict[str, float]] = {}
     for name, param in model.named_parameters():
         row = rows.setdefault(group_of[name], {"tensors": 0, "parameters": 0, "trainable": 0})
         row["tensors"] += 1
         row["parameters"] += param.numel()
         row["trainable"] += param.numel() if param.requires_grad else 0
-    order = [g for g in (*BIAS_GROUPS, "lora", "beft", "head", "frozen") if g in rows]
+    last = ("head", "frozen")
+    extra = [g for g in rows if g not in BIAS_GROUPS and g not in last]
+    order = [g for g in (*BIAS_GROUPS, *extra, *last) if g in rows]
     table = pd.DataFrame([{"group": g, **rows[g]} for g in order]).set_index("group")
     table.loc["total"] = table.sum()
     table = table.astype(int)
     table.insert(2, "share_%", (100 * table["parameters"] / table.loc["total", "parameters"]).round(4))
     return table
-
-
-# ----- Bias packs (checkpoints) -----------------------------------------------
-
-PACK_FORMAT = "bitfit-pack/1"
-
-
-class LabStepMissing(FileNotFoundError):
-    """A file an earlier notebook writes is missing. Jupyter shows only the message."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython: print this instead of a traceback
-        return [f"{type(self).__name__}: {self}"]
-
-
-def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
-    """Save the biases and the head of ``model`` as a safetensors pack.
-
-    The pack holds every bias and the head (the trained ones listed as ``trained``), a SHA-256
-    digest of them (checked on every read) and a fingerprint of all other weights (checked on
-    every load). It is written to a temporary file and renamed: a crash leaves no half pack.
-
-    Args:
-        model: a model after ``apply_bitfit`` (and training).
-        path: where to write, conventionally ``*.safetensors``.
-        **metadata: extra JSON-serialisable facts to store (task, metrics, ...).
-
-    Raises:
-        ValueError: the model is not set up for BitFit, or a metadata value is not JSON
-            (nothing is written then).
-    """
-    for key, value in metadata.items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"Metadata '{key}' ({type(value).__name__}) cannot be stored in a pack ({err}). Pass JSON "
-                f"values (str, int, float, bool, None, lists and dicts of them), e.g. {key}=str(...)."
-            ) from None
-    names = _pack_names(model)
-    params = dict(model.named_parameters())
-    trained = [n for n in names if params[n].requires_grad]
-    if not trained or any(p.requires_grad for n, p in params.items() if n not in names):
-        raise ValueError("A bias pack holds biases and the head only: call apply_bitfit(model) "
-                         "(or setup_method(model, 'frozen')) before training and saving.")
-    tensors = {n: params[n].detach().cpu().contiguous() for n in names}
-    config = getattr(model, "config", None)
-    meta = {
-        "format": PACK_FORMAT,
-        "base_model": str(getattr(config, "_name_or_path", "") or ""),
-        "architecture": type(model).__name__,
-        "fingerprint": _frozen_fingerprint(model, names),
-        "digest": _tensor_digest(sorted(tensors.items())),
-        "bias_groups": json.dumps(getattr(model, "bitfit_bias_terms", [])),
-        "trained": json.dumps(trained),
-        "id2label": json.dumps({str(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}),
-        "versions": json.dumps(library_versions()),
-        "user": json.dumps(metadata),
-    }
-    from safetensors.torch import save
-
-    return _write_atomically(Path(path), save(tensors, metadata=meta))
-
-
-def read_bias_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a pack without touching any model: ``(tensors, metadata)``.
-
-    Raises:
-        LabStepMissing: no file at ``path``.
-        ValueError: truncated, corrupt (tensors differ from the digest written at save) or not a pack.
-    """
-    from safetensors.torch import load
-
-    path = Path(path)
-    if not path.is_file():
-        raise LabStepMissing(f"No bias pack at '{path}'. Run 02-Train.ipynb first (it saves the pack), "
-                             "or check the path.")
-    data = path.read_bytes()
-    try:
-        tensors = load(data)
-        raw = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__", {})
-    except Exception as err:  # safetensors raises its own error type
-        raise ValueError(f"'{path}' is not a readable safetensors file ({err}); it may be truncated. "
-                         "Save the pack again with save_bias_checkpoint.") from None
-    if raw.get("format") != PACK_FORMAT:
-        raise ValueError(f"'{path}' is a safetensors file but not a BitFit pack (format={raw.get('format')!r}).")
-    if raw.get("digest") and _tensor_digest(sorted(tensors.items())) != raw["digest"]:
-        raise ValueError(
-            f"'{path}' is damaged: its tensors do not match the SHA-256 digest written when it was saved "
-            "(a changed byte: a bad copy or disk). Copy the pack again from where it came from, or save it "
-            "again with save_bias_checkpoint."
-        )
-    meta = {k: raw.get(k, "") for k in ("format", "base_model", "architecture", "fingerprint", "digest")}
-    for k in ("bias_groups", "trained", "id2label", "versions", "user"):
-        meta[k] = json.loads(raw.get(k) or "null")
-    return tensors, meta
-
-
-def load_bias_checkpoint(model: nn.Module, path: str | os.PathLike, strict_name: bool = True) -> dict[str, Any]:
-    """Load a pack into ``model`` in place, after checking it belongs to this base model.
-
-    All checks happen before any tensor is copied, so on error the model is left exactly
-    as it was. The frozen weights are hashed anew on every load (SHA-256, no cache): a base
-    changed in any way since the pack was trained is refused.
-
-    Args:
-        model: the base model (freshly loaded, or carrying another pack).
-        path: a file written by ``save_bias_checkpoint``.
-        strict_name: also require the recorded base-model name to match.
-
-    Returns:
-        The pack's metadata.
-
-    Raises:
-        ValueError: another base model (name, architecture, fingerprint), missing, extra or mis-shaped tensors.
-    """
-    tensors, meta = read_bias_checkpoint(path)
-    params = dict(model.named_parameters())
-    name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
-    hint = "Load the base model the pack was trained on (see its metadata), or retrain."
-    if strict_name and meta["base_model"] and name and meta["base_model"] != name:
-        raise ValueError(f"Pack '{path}' was trained on '{meta['base_model']}', this model is '{name}'. {hint}")
-    if meta["architecture"] != type(model).__name__:
-        raise ValueError(f"Pack '{path}' is for a {meta['architecture']}, this is a {type(model).__name__}. {hint}")
-    if extra := sorted(set(tensors) - set(params)):
-        biasless = {f"{path}.bias" for path, module in model.named_modules() if getattr(module, "bias", 0) is None}
-        if set(extra) <= biasless:
-            hint = ("The pack has biases this model's layers were built without: call "
-                    "apply_bitfit(model, add_missing_biases=True) first, then load the pack.")
-        raise ValueError(f"Pack '{path}' has tensors this model lacks: {extra[:5]}. {hint}")
-    if bad := [n for n, t in tensors.items() if t.shape != params[n].shape or t.dtype != params[n].dtype]:
-        n = bad[0]
-        raise ValueError(f"Pack '{path}': '{n}' is {tuple(tensors[n].shape)} {tensors[n].dtype}, the model has "
-                         f"{tuple(params[n].shape)} {params[n].dtype}. {hint}")
-    if missing := sorted(set(_pack_names(model)) - set(tensors)):
-        raise ValueError(f"Pack '{path}' lacks bias/head tensors {missing[:5]}. {hint}")
-    if _frozen_fingerprint(model, tensors) != meta["fingerprint"]:
-        raise ValueError(f"Pack '{path}' does not fit this model: its frozen weights differ from the ones the "
-                         f"pack was trained on (fingerprint mismatch). {hint}")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t)
-    return meta
-
-
-def _pack_names(model: nn.Module) -> list[str]:
-    """Names stored in a pack: every encoder bias (frozen ones too, so that switching packs never
-    leaves another pack's biases behind) and the head."""
-    return [n for n, g in parameter_groups(model).items() if g != "frozen"]
-
-
-def _frozen_fingerprint(model: nn.Module, exclude: Iterable[str]) -> str:
-    """SHA-256 over the names, shapes, dtypes and bytes of all parameters not in ``exclude``.
-
-    Computed afresh every time (no cache could notice every way a weight can change: ``.data``
-    writes bypass version counters); the tensors are hashed in place, without a copy.
-    """
-    exclude = frozenset(exclude)
-    return _tensor_digest((n, p) for n, p in model.named_parameters() if n not in exclude)
-
-
-def _tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """SHA-256 over the names, shapes, dtypes and bytes of ``(name, tensor)`` pairs, in order."""
-    digest = hashlib.sha256()
-    for name, tensor in named:
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # a view of the bytes, not a copy
-    return digest.hexdigest()
-
-
-def _write_atomically(path: Path, blob: bytes) -> Path:
-    """Write ``blob`` to a temporary file beside ``path``, flush it to disk, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of torch, transformers and safetensors, as stored in a pack's metadata."""
-    import importlib.metadata
-
-    return {"torch": torch.__version__, **{p: importlib.metadata.version(p) for p in ("transformers", "safetensors")}}

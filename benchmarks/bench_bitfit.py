@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bitfit_utils as bu  # noqa: E402
+from lab import packs  # noqa: E402
 from lab.analysis import full_model_size_mb, median_latency
 from lab.data import load_mrpc, tokenize_pairs
 from lab.methods import setup_method
@@ -234,10 +235,11 @@ def inference_ratio(shape, bs, seq, repeats, quick, device) -> tuple[float, floa
 def pack_switch(shape, quick, repeats=50) -> dict[str, float]:
     """Time switching bias packs on a model that is already loaded and carries a pack.
 
-    Every ``load_bias_checkpoint`` reads the pack, checks its digest and hashes the model's
-    frozen weights afresh (the fingerprint), then copies the biases and head: ``switch_ms`` is
-    the median of ``repeats`` such loads, alternating two packs; ``hash_ms`` is the fingerprint
-    alone (its share of a switch).
+    Every ``load_bias_checkpoint`` reads the pack, checks its digest and fingerprints the model's
+    frozen weights afresh (sampled: 4,096 elements per tensor), then copies the biases and head:
+    ``switch_ms`` is the median of ``repeats`` such loads, alternating two packs; ``hash_ms`` is
+    the sampled fingerprint alone (its share of a switch), ``full_hash_ms`` the full one
+    (``verify="full"``).
     """
     model = build(shape, quick)
     bu.apply_bitfit(model)
@@ -248,27 +250,30 @@ def pack_switch(shape, quick, repeats=50) -> dict[str, float]:
                 for p in model.parameters():
                     if p.requires_grad:
                         p.add_(0.01 * (k + 1))
-            paths.append(bu.save_bias_checkpoint(model, Path(folder) / f"pack{k}.safetensors"))
+            paths.append(packs.save_bias_checkpoint(model, Path(folder) / f"pack{k}.safetensors", task="bench"))
         loaded = build(shape, quick)
         with timer() as first:
-            bu.load_bias_checkpoint(loaded, paths[0])  # the model now carries a pack; not a switch yet
+            packs.load_bias_checkpoint(loaded, paths[0])  # the model now carries a pack; not a switch yet
         times = []
         for i in range(repeats):
             start = time.perf_counter()
-            bu.load_bias_checkpoint(loaded, paths[(i + 1) % 2])
+            packs.load_bias_checkpoint(loaded, paths[(i + 1) % 2])
             times.append(time.perf_counter() - start)
-        names = bu._pack_names(loaded)
-        hash_ms = median_latency(lambda: bu._frozen_fingerprint(loaded, names), repeats=max(3, repeats // 5), warmup=1)
+        names = packs.pack_names(loaded)
+        hash_ms = median_latency(lambda: packs.base_fingerprint(loaded, names), repeats=max(3, repeats // 5), warmup=1)
+        full_ms = median_latency(lambda: packs.base_fingerprint(loaded, names, full=True),
+                                 repeats=max(3, repeats // 5), warmup=1)
         return {"first_load_ms": 1000 * first["seconds"], "switch_ms": 1000 * float(np.median(times)),
-                "hash_ms": hash_ms, "switches": repeats,
+                "hash_ms": hash_ms, "full_hash_ms": full_ms, "switches": repeats,
                 "frozen_bytes": sum(p.nbytes for n, p in loaded.named_parameters() if n not in set(names)),
                 "pack_bytes": paths[0].stat().st_size, "full_bytes": int(full_model_size_mb(loaded) * 1e6)}
 
 
 def print_pack(p: dict[str, float]) -> None:
     print(f"  pack switch                     : {p['switch_ms']:.1f} ms per switch (load of a pack onto a loaded "
-          f"model, median of {p['switches']}; of which hashing the {p['frozen_bytes'] / 1e6:.0f} MB of frozen "
-          f"weights {p['hash_ms']:.1f} ms; first load {p['first_load_ms']:.0f} ms)")
+          f"model, median of {p['switches']}; of which the sampled fingerprint of the {p['frozen_bytes'] / 1e6:.0f} MB "
+          f"of frozen weights {p['hash_ms']:.1f} ms, the full one {p.get('full_hash_ms', float('nan')):.1f} ms; "
+          f"first load {p['first_load_ms']:.0f} ms)")
     print(f"  pack / full checkpoint bytes    : {100 * p['pack_bytes'] / p['full_bytes']:.3f} % "
           f"({p['pack_bytes']:,} / {p['full_bytes']:,})")
 

@@ -42,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import bitfit_utils as bu  # noqa: E402
+from lab import packs  # noqa: E402
 from lab.selection import best_entry  # noqa: E402
 from lab.data import selection_splits, load_mrpc, tokenize_pairs  # noqa: E402
 from lab.models import OFFLINE_MODEL, load_model  # noqa: E402
@@ -116,7 +117,7 @@ def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
             "loadavg_1min": [load_before[0], os.getloadavg()[0]],
             "cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            **bu.library_versions(), "log": log}
+            **packs.library_versions(), "log": log}
 
 
 # ----- selection ----------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bitfit_utils as bu  # noqa: E402
+from lab import packs  # noqa: E402
 from lab.data import load_mrpc, selection_splits, training_sets  # noqa: E402
 from lab.models import get_device, load_model  # noqa: E402
 from lab.study import run_settings  # noqa: E402
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"processes {trainer.args.world_size}: kept epoch {kept.name:g} (validation MCC "
               f"{kept['eval_validation_mcc']:.3f}); dev accuracy {kept['eval_dev_accuracy']:.4f} "
               f"F1 {kept['eval_dev_f1']:.4f}; training {t['seconds']:.1f} s")
-        bu.save_bias_checkpoint(model, Path(args.out) / "mrpc_bitfit.safetensors", task="mrpc",
+        packs.save_bias_checkpoint(model, Path(args.out) / "mrpc_bitfit.safetensors", task="mrpc",
                                 dev_accuracy=float(kept["eval_dev_accuracy"]), dev_f1=float(kept["eval_dev_f1"]))
     return kept
 

@@ -6,9 +6,11 @@
 - ``lab.models``: loading the model (Hub or the offline MiniLM); device; prediction.
 - ``lab.training``: the Trainer set up the lab's way; metrics; history; the time estimate before training.
 - ``lab.analysis``: training curves, bias changes, sizes and latency.
+- ``lab.packs``: bias packs: save, read and load the trained biases and head of one task.
 - ``lab.methods``: the methods compared with BitFit: frozen and full baselines, LoRA, BEFT (peft).
 - ``lab.study``: 02's run settings (the study's choice or defaults; QUICK, DEMO), the study's headline.
-- ``lab.families``: where the biases sit in architectures other than BERT's.
+- ``lab.families``: where the biases sit in architectures other than BERT's (registered with
+  ``bitfit_utils`` when imported; the modules that handle models import it).
 - ``lab.checks``: the self-checks of the exercises.
 
 Importing ``lab`` imports nothing else (``lab.setup`` runs before torch is installed).

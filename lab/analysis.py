@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitfit_utils import BIAS_GROUPS, parameter_groups
+import bitfit_utils as bu
+import lab.families  # noqa: F401  (registers other architectures' bias roles)
+from bitfit_utils import parameter_groups
 from lab.data import LABEL_NAMES
 
 
@@ -130,7 +132,7 @@ def bias_changes(base_model: nn.Module, tuned_model: nn.Module):
     base = dict(base_model.named_parameters())
     diffs: dict[str, dict[str, list[torch.Tensor]]] = {}
     for name, group in parameter_groups(tuned_model).items():
-        if group not in BIAS_GROUPS:
+        if group not in bu.BIAS_GROUPS:
             continue
         tuned = dict(tuned_model.named_parameters())[name]
         if name not in base or base[name].shape != tuned.shape:
@@ -140,7 +142,7 @@ def bias_changes(base_model: nn.Module, tuned_model: nn.Module):
         diffs.setdefault(layer, {}).setdefault(group, []).append(diff)
     rows = {layer: {g: torch.cat(d).mean().item() for g, d in cells.items()} for layer, cells in diffs.items()}
     order = sorted(rows, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))
-    columns = [g for g in BIAS_GROUPS if any(g in r for r in rows.values())]
+    columns = [g for g in bu.BIAS_GROUPS if any(g in r for r in rows.values())]
     return pd.DataFrame([rows[k] for k in order], index=order, columns=columns).rename_axis("layer")
 
 
@@ -213,17 +215,17 @@ def switch_packs(model: nn.Module, tokenizer, pack_paths, probe_pairs) -> dict:
     tensor of the last pack bit for bit equal to the model's) and ``same_probabilities`` (the probe's
     probabilities unchanged: true when the last pack is the one the model held before).
     """
-    import bitfit_utils as bu
+    from lab import packs
     from lab.models import predict
 
     _, before = predict(model, tokenizer, probe_pairs)
     ms: dict[str, list[float]] = {}
     for path in pack_paths:
         start = time.perf_counter()
-        bu.load_bias_checkpoint(model, path)
+        packs.load_bias_checkpoint(model, path)
         ms.setdefault(Path(path).name, []).append(1000 * (time.perf_counter() - start))
     _, after = predict(model, tokenizer, probe_pairs)
-    tensors, _ = bu.read_bias_checkpoint(pack_paths[-1])
+    tensors, _ = packs.read_bias_checkpoint(pack_paths[-1])
     params = dict(model.named_parameters())
     restored = all(torch.equal(params[name].detach().cpu(), tensor) for name, tensor in tensors.items())
     return {"ms": ms, "restored": restored, "same_probabilities": bool(np.array_equal(before, after))}

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 import bitfit_utils as bu
+from lab import packs
 from lab.models import load_model, predict
 from lab.training import history_frame, make_trainer, run_facts, set_seed
 
@@ -171,9 +172,6 @@ def check_manual_freeze(my_model: torch.nn.Module | None,
     """Exercise 02.1: hand-written freezing vs ``bu.apply_bitfit(copy, bias_terms)``, tensor by tensor."""
     if (missing := _unfilled(my_model=my_model)) is not None:
         return missing
-    if hasattr(my_model, "bitfit_bias_terms"):
-        return _verdict(False, "this model went through bitfit_utils (apply_bitfit or setup_method). Load a fresh "
-                               "model and set requires_grad yourself in a loop over named_parameters().")
     mine = {name: p.requires_grad for name, p in my_model.named_parameters()}
     reference = _reference_trainable(my_model, bias_terms)
     wrong = [name for name in reference if mine[name] != reference[name]]
@@ -261,7 +259,7 @@ def _bitfit_run(run, base_model: torch.nn.Module | None):
         if not os.path.isfile(run):
             return _verdict(False, f"no pack at '{run}': run sections 3 and 5 of 02 first (section 3 trains "
                                    "BitFit, section 5 saves the pack).")
-        _, meta = bu.read_bias_checkpoint(run)
+        _, meta = packs.read_bias_checkpoint(run)
         facts = meta.get("user") or {}
         if not {"learning_rate", "train_pairs", "steps", "first_epoch"} <= set(facts):
             return _verdict(False, f"the pack '{run}' does not say how it was trained: run section 5 of 02 "
@@ -269,7 +267,7 @@ def _bitfit_run(run, base_model: torch.nn.Module | None):
         if base_model is None:
             base_model, _ = load_model(meta["base_model"], verbose=False)
         model = copy.deepcopy(base_model)
-        bu.load_bias_checkpoint(model, run)
+        packs.load_bias_checkpoint(model, run)
         return model, facts, base_model
     if run is None or not run.state.global_step:
         return _verdict(False, "section 3's BitFit run is missing: run section 3, or pass the pack section 5 "
@@ -409,7 +407,7 @@ def check_pack_refusal(other_model: torch.nn.Module | None, pack_path, refusal: 
                        unchanged: bool | None) -> CheckResult:
     """Exercise 03.2: a pack loaded onto a base it was not trained on is refused, model untouched.
 
-    The check repeats ``bu.load_bias_checkpoint(other_model, pack_path)`` itself (restoring
+    The check repeats ``packs.load_bias_checkpoint(other_model, pack_path)`` itself (restoring
     the model if it were accepted), compares the error with the student's ``refusal``
     and verifies that the model is bit-for-bit unchanged.
     """
@@ -417,7 +415,7 @@ def check_pack_refusal(other_model: torch.nn.Module | None, pack_path, refusal: 
         return missing
     before = {n: p.detach().clone() for n, p in other_model.named_parameters()}
     try:
-        bu.load_bias_checkpoint(other_model, pack_path)
+        packs.load_bias_checkpoint(other_model, pack_path)
     except ValueError as err:
         error = err
     else:
@@ -431,7 +429,7 @@ def check_pack_refusal(other_model: torch.nn.Module | None, pack_path, refusal: 
         return _verdict(False, "load_bias_checkpoint changed the model before refusing: report this as a bug.")
     if str(refusal) != str(error):
         return _verdict(False, "`refusal` is not the error load_bias_checkpoint raises for this model. Catch it: "
-                               "try: bu.load_bias_checkpoint(other_model, pack_path) "
+                               "try: packs.load_bias_checkpoint(other_model, pack_path) "
                                "except ValueError as err: refusal = err")
     if unchanged is not True:
         return _verdict(False, "`unchanged` should be computed from a copy of the parameters taken before the call "

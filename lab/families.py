@@ -1,8 +1,9 @@
 """Where the biases sit in architectures other than BERT's: role tables per model family.
 
 ``bitfit_utils`` names the biases of BERT-family encoders (the lab's models). This module
-adds the module paths of other families, so that ``apply_bitfit`` and the per-group table
-work on any ``transformers`` model. A path inside a layer is looked up by what follows its
+registers the module paths of other families with it (``bitfit_utils.register_roles``, once,
+when this module is imported), so that ``apply_bitfit`` and the per-group table work on any
+``transformers`` model. The lab's modules that handle models import it. A path inside a layer is looked up by what follows its
 layer number (``"h.3.mlp.c_fc"`` -> ``"mlp.c_fc"``), a path outside the layers as a whole.
 
 Pre-LN models (GPT-2, Llama, ModernBERT, ViT) normalise *before* each block: their
@@ -11,8 +12,10 @@ Pre-LN models (GPT-2, Llama, ModernBERT, ViT) normalise *before* each block: the
 
 from __future__ import annotations
 
-#: Groups that BERT's encoder does not have. A bias that fits no known role gets one of the
-#: last four, named by the kind of module that owns it.
+import bitfit_utils
+
+#: Groups that BERT's encoder does not have (a bias that fits no known role gets one of
+#: ``bitfit_utils.GENERIC_GROUPS``, named by the kind of module that owns it).
 OTHER_GROUPS: tuple[str, ...] = (
     "embeddings_projection",  # ELECTRA, ALBERT (embedding -> hidden size), ViT (patches -> hidden size)
     "query_key_value",  # one fused projection: GPT-2's c_attn, ModernBERT's Wqkv
@@ -20,10 +23,6 @@ OTHER_GROUPS: tuple[str, ...] = (
     "cross_attention",  # an encoder-decoder's decoder attending to the encoder (T5)
     "relative_position",  # DeBERTa's relative-position projections and LayerNorm
     "final_layernorm",  # the norm after the last layer (pre-LN models: GPT-2, Llama, ViT, ...)
-    "other_linear",  # any other Linear / Conv1D
-    "other_conv",  # any other convolution
-    "other_norm",  # any other normalisation layer
-    "other",  # a bias of any other module
 )
 
 #: Module path -> role, per family (BERT's own table is ``bitfit_utils.BERT_ROLES``).
@@ -75,3 +74,16 @@ FAMILY_ROLES: dict[str, dict[str, str]] = {
         "embeddings.patch_embeddings.projection": "embeddings_projection", "layernorm": "final_layernorm",
     },
 }
+
+
+def _all_roles() -> dict[str, str]:
+    """Every family's table in one mapping; a path listed twice is an error here, not a silent override."""
+    merged: dict[str, str] = {}
+    for family, table in FAMILY_ROLES.items():
+        if twice := sorted(set(table) & set(merged)):
+            raise ValueError(f"{family}: module path(s) {twice} are listed by another family too.")
+        merged.update(table)
+    return merged
+
+
+bitfit_utils.register_roles(_all_roles(), OTHER_GROUPS)

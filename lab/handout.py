@@ -59,13 +59,12 @@ def trainable_by_recipe(load_fresh_model, lora_r: int = 4):
     """
     import pandas as pd
 
-    import bitfit_utils as bu
-    from lab.methods import apply_lora
+    from lab.methods import apply_lora, parameter_table
 
     recipes = {"LoRA (bias='none')": lambda m: apply_lora(m, r=lora_r, bias="none"),
                "BitFit + LoRA (bias='all')": lambda m: apply_lora(m, r=lora_r, bias="all"),
                "handout's BitFitLoRA": lambda m: HandoutBitFitLoRA(m, lora_r=lora_r).peft_model}
-    table = {name: bu.parameter_table(wrap(load_fresh_model()))["trainable"] for name, wrap in recipes.items()}
+    table = {name: parameter_table(wrap(load_fresh_model()))["trainable"] for name, wrap in recipes.items()}
     return pd.DataFrame(table).drop(index="frozen")
 
 

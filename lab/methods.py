@@ -7,7 +7,43 @@ from typing import Sequence
 
 from torch import nn
 
-from bitfit_utils import apply_bitfit, count_parameters, parameter_groups
+import bitfit_utils as bu
+import lab.families  # noqa: F401  (registers other architectures' bias roles)
+from bitfit_utils import apply_bitfit, count_parameters
+
+#: The groups of peft's own tensors, by the prefix of their names (``lora_A``, ``beft_bias``).
+ADAPTER_GROUPS: tuple[str, ...] = ("lora", "beft")
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model`` is wrapped by peft (``get_peft_model``)."""
+    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+
+
+def parameter_groups(model: nn.Module) -> dict[str, str]:
+    """``bitfit_utils.parameter_groups`` for any model the lab trains, peft-wrapped ones included.
+
+    A peft model's names are ``base_model.model.<name>``, a wrapped layer's own tensors sit
+    under ``base_layer``: they get the group the unwrapped name has. peft's own tensors form
+    the ``"lora"`` or ``"beft"`` group.
+    """
+    if not is_peft_model(model):
+        return bu.parameter_groups(model)
+    prefix = bu.encoder_prefix(model.get_base_model())
+    modules = dict(model.named_modules())
+    groups: dict[str, str] = {}
+    for full_name, _ in model.named_parameters():
+        if adapter := next((kind for kind in ADAPTER_GROUPS if f".{kind}_" in full_name), None):
+            groups[full_name] = adapter
+            continue
+        name = full_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        groups[full_name] = bu.parameter_group(name, modules[full_name.rpartition(".")[0]], prefix)
+    return groups
+
+
+def parameter_table(model: nn.Module):
+    """``bitfit_utils.parameter_table`` with the groups of :func:`parameter_groups` (peft models too)."""
+    return bu.parameter_table(model, parameter_groups(model))
 
 
 def setup_method(model: nn.Module, method: str) -> tuple[int, int]:
@@ -18,7 +54,8 @@ def setup_method(model: nn.Module, method: str) -> tuple[int, int]:
             and the head) or ``"full"`` (every parameter).
 
     Returns:
-        ``(trainable, total)`` after the change.
+        ``(trainable, total)`` after the change. The model gets no new attribute: a pack
+        saved from it records the bias groups whose biases train (``lab.packs``).
     """
     if method == "bitfit":
         apply_bitfit(model)
@@ -26,7 +63,6 @@ def setup_method(model: nn.Module, method: str) -> tuple[int, int]:
         group_of = parameter_groups(model)
         for name, param in model.named_parameters():
             param.requires_grad = method == "full" or group_of[name] == "head"
-        model.bitfit_bias_terms = [] if method == "frozen" else ["all parameters"]
     else:
         raise ValueError(f"Unknown method {method!r}: use 'frozen', 'bitfit' or 'full'.")
     return count_parameters(model)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import lab.families  # noqa: F401  (registers other architectures' bias roles)
 from bitfit_utils import parameter_groups
 from lab.data import LABEL_NAMES
 from lab.hub import DEFAULT_MODEL, hub_available, quiet_hf
@@ -81,20 +82,23 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
 def load_pack_model(pack_path: str | os.PathLike, verbose: bool = True):
     """The model a bias pack was trained as: its base model (named in the pack) with the pack loaded.
 
-    Returns ``(model, tokenizer, meta)``, ``meta`` as ``bitfit_utils.read_bias_checkpoint`` gives it. A
-    clear error if the pack is missing (run 02 first) or does not fit its base. ``verbose`` prints the
-    base model, the bias groups and what was recorded at training time.
+    Returns ``(model, tokenizer, meta)``, ``meta`` as ``lab.packs.read_bias_checkpoint`` gives it. A
+    clear error if the pack is missing (run 02 first) or does not fit its base. The head gets the
+    pack's labels. ``verbose`` prints the base model, the task, the bias groups and what was
+    recorded at training time.
     """
-    import bitfit_utils as bu
+    from lab import packs
 
-    _, meta = bu.read_bias_checkpoint(pack_path)
-    model, tokenizer = load_model(meta["base_model"], verbose=False)  # the pack brings the trained head
-    bu.load_bias_checkpoint(model, pack_path)
+    _, meta = packs.read_bias_checkpoint(pack_path)
+    labels = meta["label_names"]  # the pack brings the trained head; the model gets a head of its size
+    model, tokenizer = load_model(meta["base_model"], num_labels=len(labels), verbose=False)
+    model.config.id2label, model.config.label2id = dict(enumerate(labels)), {v: i for i, v in enumerate(labels)}
+    packs.load_bias_checkpoint(model, pack_path)
     if verbose:
         recorded = {k: round(v, 4) if isinstance(v, float) else v for k, v in meta["user"].items()
-                    if k in ("task", "learning_rate", "kept_epoch", "dev_accuracy", "dev_f1")}
-        print(f"base model: {meta['base_model']} | bias groups: {', '.join(meta['bias_groups'])}\n"
-              f"recorded at training time: {recorded}")
+                    if k in ("learning_rate", "kept_epoch", "dev_accuracy", "dev_f1")}
+        print(f"base model: {meta['base_model']} | task: {meta['task']} ({', '.join(labels)}) | "
+              f"bias groups: {', '.join(meta['bias_groups'])}\nrecorded at training time: {recorded}")
     return model, tokenizer, meta
 
 

@@ -351,7 +351,6 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
     labels = torch.tensor([i % 2 for i in range(probe)], device=device)
     model.to(device)
     was_trainable = {n: p.requires_grad for n, p in model.named_parameters()}
-    had_terms, terms = hasattr(model, "bitfit_bias_terms"), getattr(model, "bitfit_bias_terms", None)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
     def timed(work) -> float:
@@ -390,10 +389,6 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
         for name, param in model.named_parameters():
             param.requires_grad = was_trainable[name]
             param.grad = None
-        if had_terms:
-            model.bitfit_bias_terms = terms
-        elif hasattr(model, "bitfit_bias_terms"):
-            del model.bitfit_bias_terms
         model.eval()
     return StepCosts(step_seconds, eval_pair_seconds, batch_size, probe, tokens, steps, device.type)
 
@@ -457,7 +452,7 @@ def kept_row(trainer):
 
 
 def run_facts(trainer) -> dict[str, Any]:
-    """What a trained run was, as JSON values for a pack's metadata (``save_bias_checkpoint(..., **facts)``).
+    """What a trained run was, as JSON values for a pack's metadata (``lab.packs.save_bias_checkpoint(..., **facts)``).
 
     ``steps`` counts the optimizer steps up to the kept epoch (the tensors the model holds);
     ``first_epoch`` and ``at_kept_epoch`` are rows of ``history_frame``. Exercise 02.3 compares a

@@ -16,6 +16,7 @@ from typing import Callable
 from torch import nn
 
 import bitfit_utils as bu
+from lab import packs
 from lab.handout import HandoutBitFitLoRA, handout_adaptive_bias_initialization
 from lab.methods import BEFT_BERT_ALL_LINEAR, apply_beft, apply_lora, setup_method
 from study.tools import mask_gradients, random_parameter_mask
@@ -122,4 +123,4 @@ def checkpoint_bytes(model: nn.Module, method: str) -> int:
             return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
         if kind == "full":
             return int(full_model_size_mb(model) * 1e6)  # a random mask touches whole tensors
-        return bu.save_bias_checkpoint(model, Path(folder) / "p.safetensors").stat().st_size
+        return packs.save_bias_checkpoint(model, Path(folder) / "p.safetensors", task="mrpc").stat().st_size

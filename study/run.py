@@ -41,6 +41,7 @@ from statistics import mean
 import torch
 
 import bitfit_utils as bu
+from lab import packs
 from lab.data import load_mrpc, selection_splits, tokenize_pairs
 from lab.heads import POOLINGS, set_pooling
 from lab.models import OFFLINE_MODEL, load_model
@@ -183,7 +184,7 @@ def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
             "peak_rss_mib": peak_rss() / 2**20, "threads": torch.get_num_threads(), "concurrent_runs": jobs,
             "loadavg_1min": [load_before[0], os.getloadavg()[0]],
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            **bu.library_versions(), "log": log}
+            **packs.library_versions(), "log": log}
 
 
 # ----- the plan and the runner -----------------------------------------------------------

@@ -41,7 +41,7 @@ def random_parameter_mask(model: nn.Module, n: int, seed: int = 0) -> dict[str, 
     BitFit trains biases. Returns boolean masks per parameter name; combine with
     ``mask_gradients``.
     """
-    prefix = bu._base_prefix(model)
+    prefix = bu.encoder_prefix(model)
     params = dict(model.named_parameters())
     names = [name for name in params if not prefix or name.startswith(prefix + ".")]
     sizes = [params[name].numel() for name in names]

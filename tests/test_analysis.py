@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import bitfit_utils as bu
+from lab import packs
 from lab.analysis import bias_changes, plot_bias_changes, plot_history
 from lab.training import history_frame, make_trainer
 from conftest import tiny_bert
@@ -110,11 +111,11 @@ def test_switch_packs_times_each_load_and_verifies_the_last(tmp_path, tokenizer)
 
     model = tiny_bert(max_position_embeddings=128)
     bu.apply_bitfit(model)
-    first = bu.save_bias_checkpoint(model, tmp_path / "a.safetensors", task="t")
+    first = packs.save_bias_checkpoint(model, tmp_path / "a.safetensors", task="t")
     with torch.no_grad():
         model.bert.encoder.layer[0].intermediate.dense.bias.add_(1.0)
         model.classifier.bias.add_(1.0)
-    second = bu.save_bias_checkpoint(model, tmp_path / "b.safetensors", task="t")
+    second = packs.save_bias_checkpoint(model, tmp_path / "b.safetensors", task="t")
     probe = [("the cat", "a cat"), ("cat", "the")]
     result = switch_packs(model, tokenizer, [first, second, first, second], probe)
     assert [len(v) for v in result["ms"].values()] == [2, 2] and all(t > 0 for v in result["ms"].values() for t in v)

@@ -48,7 +48,7 @@ def test_peak_rss_is_this_process_not_the_parent():
 
 def test_train_script_follows_02s_rule(tmp_path, monkeypatch, tokenizer, mrpc_dir):
     """The accelerate script trains on the lab's train split, keeps an epoch by validation MCC, reports dev."""
-    import bitfit_utils as bu
+    from lab import packs
     from benchmarks import train_mrpc
     from conftest import tiny_bert
 
@@ -56,5 +56,5 @@ def test_train_script_follows_02s_rule(tmp_path, monkeypatch, tokenizer, mrpc_di
     kept = train_mrpc.main(["--quick", "--epochs", "2", "--data-dir", str(mrpc_dir), "--out", str(tmp_path)])
     assert {"eval_validation_mcc", "eval_dev_accuracy", "eval_dev_f1"} <= set(kept.index)
     assert kept.name in (1.0, 2.0)
-    _, meta = bu.read_bias_checkpoint(tmp_path / "mrpc_bitfit.safetensors")
+    _, meta = packs.read_bias_checkpoint(tmp_path / "mrpc_bitfit.safetensors")
     assert meta["user"]["dev_accuracy"] == float(kept["eval_dev_accuracy"])

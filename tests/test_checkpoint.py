@@ -1,4 +1,4 @@
-"""Bias packs: safetensors, atomic, exact round trip, strict about the base model."""
+"""Bias packs: safetensors, atomic, exact round trip, strict about the base model and the task's head."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 import bitfit_utils as bu
+from lab import packs
 from lab.methods import setup_method
 from conftest import tiny_bert
 
@@ -34,22 +35,23 @@ def _same(state, model):
 
 def test_round_trip_reproduces_logits_bitwise(tmp_path, inputs):
     tuned = _tune(tiny_bert())
-    path = bu.save_bias_checkpoint(tuned, tmp_path / "mrpc.safetensors", task="mrpc", dev_f1=0.9)
+    path = packs.save_bias_checkpoint(tuned, tmp_path / "mrpc.safetensors", task="mrpc", dev_f1=0.9)
     fresh = tiny_bert()  # same "pre-trained" weights, fresh head
     with torch.no_grad():
         assert not torch.equal(fresh(**inputs).logits, tuned(**inputs).logits)
-    meta = bu.load_bias_checkpoint(fresh, path)
+    meta = packs.load_bias_checkpoint(fresh, path)
     with torch.no_grad():
         assert torch.equal(fresh(**inputs).logits, tuned(**inputs).logits)
-    assert meta["user"] == {"task": "mrpc", "dev_f1": 0.9}
+    assert meta["user"] == {"dev_f1": 0.9} and meta["task"] == "mrpc"
+    assert meta["label_names"] == ["LABEL_0", "LABEL_1"]  # from model.config.id2label
     assert meta["bias_groups"][0] == "query" and meta["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"}
     assert "torch" in meta["versions"]
 
 
 def test_pack_holds_biases_and_head_only_no_pickle(tmp_path):
     tuned = _tune(tiny_bert())
-    path = bu.save_bias_checkpoint(tuned, tmp_path / "p.safetensors")
-    tensors, meta = bu.read_bias_checkpoint(path)
+    path = packs.save_bias_checkpoint(tuned, tmp_path / "p.safetensors", task="mrpc")
+    tensors, meta = packs.read_bias_checkpoint(path)
     assert set(tensors) == {n for n, p in tuned.named_parameters() if p.requires_grad}
     assert set(meta["trained"]) == set(tensors)
     assert not path.read_bytes().startswith(b"PK") and b"pickle" not in path.read_bytes()[:64]
@@ -58,7 +60,7 @@ def test_pack_holds_biases_and_head_only_no_pickle(tmp_path):
 def test_subset_pack_records_what_was_trained(tmp_path):
     model = tiny_bert()
     bu.apply_bitfit(model, ["query"])
-    tensors, meta = bu.read_bias_checkpoint(bu.save_bias_checkpoint(model, tmp_path / "q.safetensors"))
+    tensors, meta = packs.read_bias_checkpoint(packs.save_bias_checkpoint(model, tmp_path / "q.safetensors", task="mrpc"))
     groups = bu.parameter_groups(model)
     assert {groups[n] for n in meta["trained"]} == {"query", "head"}
     assert {groups[n] for n in tensors} == set(bu.BIAS_GROUPS[:10]) | {"head"}  # every bias is restored
@@ -70,11 +72,11 @@ def test_switching_to_a_head_only_pack_restores_pristine_biases(tmp_path, inputs
     setup_method(head_only, "frozen")
     with torch.no_grad():
         head_only.classifier.weight.mul_(3)
-    pa = bu.save_bias_checkpoint(bitfit, tmp_path / "a.safetensors")
-    pb = bu.save_bias_checkpoint(head_only, tmp_path / "b.safetensors")
+    pa = packs.save_bias_checkpoint(bitfit, tmp_path / "a.safetensors", task="mrpc")
+    pb = packs.save_bias_checkpoint(head_only, tmp_path / "b.safetensors", task="mrpc")
     base = tiny_bert()
-    bu.load_bias_checkpoint(base, pa)
-    bu.load_bias_checkpoint(base, pb)
+    packs.load_bias_checkpoint(base, pa)
+    packs.load_bias_checkpoint(base, pb)
     with torch.no_grad():
         assert torch.equal(base(**inputs).logits, head_only(**inputs).logits)
 
@@ -82,7 +84,7 @@ def test_switching_to_a_head_only_pack_restores_pristine_biases(tmp_path, inputs
 def test_bert_base_pack_is_under_half_a_megabyte(tmp_path):
     model = BertForSequenceClassification(BertConfig(num_labels=2))
     bu.apply_bitfit(model)
-    path = bu.save_bias_checkpoint(model, tmp_path / "bert.safetensors")
+    path = packs.save_bias_checkpoint(model, tmp_path / "bert.safetensors", task="mrpc")
     size = os.path.getsize(path)
     assert size < 500_000
     assert size >= 104_450 * 4  # every trainable fp32 scalar is in it
@@ -90,35 +92,35 @@ def test_bert_base_pack_is_under_half_a_megabyte(tmp_path):
 
 def test_write_is_atomic(tmp_path, monkeypatch):
     tuned = _tune(tiny_bert())
-    path = bu.save_bias_checkpoint(tuned, tmp_path / "p.safetensors")
+    path = packs.save_bias_checkpoint(tuned, tmp_path / "p.safetensors", task="mrpc")
     good = path.read_bytes()
 
     def crash(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(bu.os, "replace", crash)
+    monkeypatch.setattr(packs.os, "replace", crash)
     with pytest.raises(OSError, match="simulated"):
-        bu.save_bias_checkpoint(_tune(tiny_bert(), seed=9), path)
+        packs.save_bias_checkpoint(_tune(tiny_bert(), seed=9), path, task="mrpc")
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temp file left
 
 
 def test_saving_an_untouched_model_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="call apply_bitfit"):
-        bu.save_bias_checkpoint(tiny_bert().requires_grad_(False), tmp_path / "p.safetensors")
+        packs.save_bias_checkpoint(tiny_bert().requires_grad_(False), tmp_path / "p.safetensors", task="mrpc")
     with pytest.raises(ValueError, match="biases and the head only"):
-        bu.save_bias_checkpoint(tiny_bert(), tmp_path / "p.safetensors")  # fully trainable
+        packs.save_bias_checkpoint(tiny_bert(), tmp_path / "p.safetensors", task="mrpc")  # fully trainable
 
 
 @pytest.fixture
 def pack(tmp_path):
-    return bu.save_bias_checkpoint(_tune(tiny_bert()), tmp_path / "p.safetensors")
+    return packs.save_bias_checkpoint(_tune(tiny_bert()), tmp_path / "p.safetensors", task="mrpc")
 
 
-def _expect_refusal(model, path, match):
+def _expect_refusal(model, path, match, **load_options):
     before = _state(model)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
-        bu.load_bias_checkpoint(model, path)
+        packs.load_bias_checkpoint(model, path, **load_options)
     assert _same(before, model), "a refused pack must leave the model untouched"
 
 
@@ -132,20 +134,21 @@ def test_other_name_is_refused(pack):
     _expect_refusal(other, pack, "trained on .*this model is 'roberta-base'")
 
 
-def test_other_shape_is_refused(pack):
-    _expect_refusal(tiny_bert(num_labels=3), pack, r"classifier\.\w+. is \(2.*the model has \(3")
+def test_other_dtype_is_refused(pack):
+    _expect_refusal(tiny_bert().double(), pack, r"torch.float32, the model has .* torch.float64")
 
 
 def test_extra_and_missing_keys_are_refused(tmp_path, pack):
     from safetensors.torch import load_file, save_file
 
-    tensors, meta = bu.read_bias_checkpoint(pack)
-    # without the digest (as in packs older than it), so the key checks themselves are reached
-    raw = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items() if k != "digest"}
+    tensors, meta = packs.read_bias_checkpoint(pack)
+    raw = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}
+    # with a digest of what they hold, so the key checks themselves are reached
     extra = dict(tensors, **{"bert.encoder.layer.9.intermediate.dense.bias": torch.zeros(32)})
-    save_file(extra, tmp_path / "extra.safetensors", metadata=raw)
+    save_file(extra, tmp_path / "extra.safetensors", metadata=dict(raw, digest=packs._tensor_digest(sorted(extra.items()))))
     _expect_refusal(tiny_bert(), tmp_path / "extra.safetensors", "tensors this model lacks")
     missing = {k: v for k, v in load_file(pack).items() if not k.startswith("classifier")}
+    raw["digest"] = packs._tensor_digest(sorted(missing.items()))
     save_file(missing, tmp_path / "missing.safetensors", metadata=raw)
     _expect_refusal(tiny_bert(), tmp_path / "missing.safetensors", "lacks bias/head tensors")
 
@@ -172,48 +175,85 @@ def test_flipped_byte_in_the_data_is_refused_before_any_copy(tmp_path, pack):
         (tmp_path / "flipped.safetensors").write_bytes(flipped)
         _expect_refusal(tiny_bert(), tmp_path / "flipped.safetensors", "is damaged.*digest.*Copy the pack again")
     with pytest.raises(ValueError, match="is damaged"):
-        bu.read_bias_checkpoint(tmp_path / "flipped.safetensors")
+        packs.read_bias_checkpoint(tmp_path / "flipped.safetensors")
 
 
-def test_pack_without_digest_still_loads(tmp_path, inputs):
-    """Packs written before the digest existed carry no 'digest' key: they load unchecked."""
+def _rewrite_metadata(path, out, **changes):
+    """A copy of the pack at ``path`` with some metadata changed (None: the key removed)."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    tuned = _tune(tiny_bert())
-    path = bu.save_bias_checkpoint(tuned, tmp_path / "new.safetensors", task="mrpc")
     with safe_open(str(path), "pt") as f:
         raw = f.metadata()
-    assert len(raw.pop("digest")) == 64  # a SHA-256 hex digest
-    save_file(load_file(path), tmp_path / "old.safetensors", metadata=raw)
-    fresh = tiny_bert()
-    meta = bu.load_bias_checkpoint(fresh, tmp_path / "old.safetensors")
-    assert meta["digest"] == "" and meta["user"] == {"task": "mrpc"}
-    with torch.no_grad():
-        assert torch.equal(fresh(**inputs).logits, tuned(**inputs).logits)
+    for key, value in changes.items():
+        raw.pop(key) if value is None else raw.__setitem__(key, value)
+    save_file(load_file(path), out, metadata=raw)
+    return out
+
+
+def test_packs_from_before_the_task_was_recorded_are_refused_with_what_to_do(tmp_path, pack):
+    """Old packs (format bitfit-pack/1, no task, labels or sampled fingerprint) are refused: rewrite them with 02."""
+    old = _rewrite_metadata(pack, tmp_path / "old.safetensors", format="bitfit-pack/1", task=None,
+                            label_names=None, fingerprint_full=None)
+    _expect_refusal(tiny_bert(), old, "older version of the lab.*task and labels.*section 5 of 02-Train")
+    untasked = _rewrite_metadata(pack, tmp_path / "untasked.safetensors", task=None)
+    _expect_refusal(tiny_bert(), untasked, "older version of the lab")
+
+
+def test_saving_requires_a_task_and_labels_that_fit_the_head(tmp_path):
+    model = _tune(tiny_bert())
+    with pytest.raises(ValueError, match="task='mrpc'"):
+        packs.save_bias_checkpoint(model, tmp_path / "p.safetensors")
+    with pytest.raises(ValueError, match="differ from the model's config.id2label"):
+        packs.save_bias_checkpoint(model, tmp_path / "p.safetensors", task="mrpc", label_names=["no", "yes"])
+    model.config.id2label = {}
+    with pytest.raises(ValueError, match="pass label_names"):
+        packs.save_bias_checkpoint(model, tmp_path / "p.safetensors", task="mrpc")
+    path = packs.save_bias_checkpoint(model, tmp_path / "p.safetensors", task="mrpc", label_names=["no", "yes"])
+    assert packs.read_bias_checkpoint(path)[1]["label_names"] == ["no", "yes"]
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_head_of_another_size_is_refused_with_the_packs_task(pack):
+    _expect_refusal(tiny_bert(num_labels=3), pack,
+                    r"for task 'mrpc' with 2 labels \(LABEL_0, LABEL_1\); this model has a head of 3 outputs.*"
+                    "num_labels=2")
+
+
+def test_other_label_names_are_refused(pack):
+    model = tiny_bert()
+    model.config.id2label = {0: "equivalent", 1: "not_equivalent"}  # the same size, another order
+    _expect_refusal(model, pack, "with 2 labels \\(LABEL_0, LABEL_1\\); this model has the labels equivalent")
+
+
+def test_a_server_can_ask_for_the_task(pack):
+    _expect_refusal(tiny_bert(), pack, "is for task 'mrpc', not 'sst2'", task="sst2")
+    assert packs.load_bias_checkpoint(tiny_bert(), pack, task="mrpc")["task"] == "mrpc"
+    with pytest.raises(ValueError, match="verify='quick'"):
+        packs.load_bias_checkpoint(tiny_bert(), pack, verify="quick")
 
 
 def test_metadata_that_is_not_json_is_refused_and_nothing_written(tmp_path):
     with pytest.raises(ValueError, match="Metadata 'obj' \\(object\\) cannot be stored.*obj=str"):
-        bu.save_bias_checkpoint(_tune(tiny_bert()), tmp_path / "p.safetensors", task="mrpc", obj=object())
+        packs.save_bias_checkpoint(_tune(tiny_bert()), tmp_path / "p.safetensors", task="mrpc", obj=object())
     assert list(tmp_path.iterdir()) == []
 
 
 def test_switching_packs_in_place(tmp_path, inputs):
     a = _tune(tiny_bert(), seed=1)
     b = _tune(tiny_bert(), seed=2)
-    pa = bu.save_bias_checkpoint(a, tmp_path / "a.safetensors")
-    pb = bu.save_bias_checkpoint(b, tmp_path / "b.safetensors")
+    pa = packs.save_bias_checkpoint(a, tmp_path / "a.safetensors", task="mrpc")
+    pb = packs.save_bias_checkpoint(b, tmp_path / "b.safetensors", task="mrpc")
     base = tiny_bert()
     with torch.no_grad():
         for path, ref in ((pa, a), (pb, b), (pa, a)):
-            bu.load_bias_checkpoint(base, path)
+            packs.load_bias_checkpoint(base, path)
             assert torch.equal(base(**inputs).logits, ref(**inputs).logits)
 
 
 def test_missing_pack_renders_as_a_message_in_jupyter(tmp_path):
-    with pytest.raises(bu.LabStepMissing) as info:
-        bu.read_bias_checkpoint(tmp_path / "packs" / "mrpc_bitfit.safetensors")
+    with pytest.raises(packs.LabStepMissing) as info:
+        packs.read_bias_checkpoint(tmp_path / "packs" / "mrpc_bitfit.safetensors")
     lines = info.value._render_traceback_()  # what IPython prints instead of a traceback
     assert len(lines) == 1 and "Run 02-Train.ipynb first" in lines[0]
     assert isinstance(info.value, FileNotFoundError)
@@ -248,12 +288,12 @@ def _change_through_state_dict_view(model):
                                     _change_through_state_dict_view], ids=lambda f: f.__name__.split("through_")[1])
 def test_a_base_changed_after_a_successful_load_is_refused_until_restored(tmp_path, inputs, change):
     a, b = _tune(tiny_bert(), seed=1), _tune(tiny_bert(), seed=2)
-    pa = bu.save_bias_checkpoint(a, tmp_path / "a.safetensors")
-    pb = bu.save_bias_checkpoint(b, tmp_path / "b.safetensors")
+    pa = packs.save_bias_checkpoint(a, tmp_path / "a.safetensors", task="mrpc")
+    pb = packs.save_bias_checkpoint(b, tmp_path / "b.safetensors", task="mrpc")
     base = tiny_bert()
     original = _state(base)
-    bu.load_bias_checkpoint(base, pa)  # both load on the untouched base: it was fingerprinted and accepted
-    bu.load_bias_checkpoint(base, pb)
+    packs.load_bias_checkpoint(base, pa)  # both load on the untouched base: it was fingerprinted and accepted
+    packs.load_bias_checkpoint(base, pb)
     frozen = {n for n, g in bu.parameter_groups(base).items() if g == "frozen"}
 
     change(base)
@@ -268,6 +308,68 @@ def test_a_base_changed_after_a_successful_load_is_refused_until_restored(tmp_pa
         for n, p in base.named_parameters():
             if n in frozen:
                 p.copy_(original[n])
-    bu.load_bias_checkpoint(base, pa)
+    packs.load_bias_checkpoint(base, pa)
     with torch.no_grad():
         assert torch.equal(base(**inputs).logits, a(**inputs).logits)
+
+
+# -- the sampled fingerprint (the default) and the full one -----------------------------------------
+
+
+def _big_bert(seed=0):
+    """Tensors larger than the 4,096 sampled elements (word embeddings 1000 x 16, FFN 16 x 320)."""
+    return tiny_bert(seed, vocab_size=1000, intermediate_size=320)
+
+
+def test_sampled_fingerprint_equals_the_full_one_on_small_tensors_only():
+    small, big = tiny_bert(), _big_bert()
+    assert max(p.numel() for p in small.parameters()) <= packs.SAMPLED_ELEMENTS
+    assert packs.base_fingerprint(small, []) == packs.base_fingerprint(small, [], full=True)
+    assert packs.base_fingerprint(big, []) != packs.base_fingerprint(big, [], full=True)
+    names = packs.pack_names(big)
+    assert packs.base_fingerprint(big, names) != packs.base_fingerprint(big, [])  # exclude is honoured
+
+
+def _train_the_frozen_weights(model, other):
+    model.requires_grad_(True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(input_ids=torch.randint(5, 1000, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()
+    optimizer.step()
+    bu.apply_bitfit(model)
+
+
+def _load_other_state_dict(model, other):
+    model.load_state_dict(other.state_dict())
+
+
+def _copy_other_weights(model, other):
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight.copy_(other.bert.embeddings.word_embeddings.weight)
+
+
+@pytest.mark.parametrize("verify", ["sampled", "full"])
+@pytest.mark.parametrize("rewrite", [None, _train_the_frozen_weights, _load_other_state_dict, _copy_other_weights],
+                         ids=["other_checkpoint", "trained", "load_state_dict", "copy"])
+def test_a_rewritten_or_other_base_is_refused_by_either_check(tmp_path, rewrite, verify):
+    pack = packs.save_bias_checkpoint(_tune(_big_bert()), tmp_path / "p.safetensors", task="mrpc")
+    if rewrite is None:
+        model = _big_bert(seed=1)
+    else:
+        model = _big_bert()
+        packs.load_bias_checkpoint(model, pack, verify=verify)  # its own base: accepted
+        rewrite(model, _big_bert(seed=1))
+    _expect_refusal(model, pack, f"{verify} fingerprint mismatch", verify=verify)
+
+
+def test_an_edit_between_sampled_positions_is_caught_by_the_full_check_only(tmp_path, inputs):
+    tuned = _tune(_big_bert())
+    pack = packs.save_bias_checkpoint(tuned, tmp_path / "p.safetensors", task="mrpc")
+    model = _big_bert()
+    weight = model.bert.embeddings.word_embeddings.weight
+    weight.data.view(-1)[1] += 1  # element 1: the sample reads elements 0, 3, 7, ... of these 16,000
+    _expect_refusal(model, pack, "full fingerprint mismatch", verify="full")
+    packs.load_bias_checkpoint(model, pack)  # the sampled check cannot see it (documented)
+    weight.data.view(-1)[1] -= 1
+    packs.load_bias_checkpoint(model, pack, verify="full")
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, tuned(**inputs).logits)

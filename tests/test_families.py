@@ -10,6 +10,7 @@ import transformers as tf
 from torch import nn
 
 import bitfit_utils as bu
+from lab import methods, packs
 from lab.analysis import bias_changes
 from lab.methods import BEFT_BERT_ALL_LINEAR, apply_beft
 
@@ -141,19 +142,19 @@ def test_pack_round_trips_exactly(family, tmp_path):
                 p.add_(torch.randn_like(p))  # "training"
     saved = {n: p.detach().clone() for n, p in model.named_parameters()}
     tuned_logits = logits(model, family)
-    path = bu.save_bias_checkpoint(model, tmp_path / f"{family}.safetensors")
+    path = packs.save_bias_checkpoint(model, tmp_path / f"{family}.safetensors", task="mrpc")
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.mul_(-3.0)
-    bu.load_bias_checkpoint(model, path)
+    packs.load_bias_checkpoint(model, path)
     assert all(torch.equal(saved[n], p) for n, p in model.named_parameters())
     fresh = build(family)  # the same pre-trained weights
     if not FAMILIES[family][4]:
         with pytest.raises(ValueError, match=r"add_missing_biases=True\) first"):
-            bu.load_bias_checkpoint(fresh, path)
+            packs.load_bias_checkpoint(fresh, path)
         bu.apply_bitfit(fresh, add_missing_biases=True)
-    bu.load_bias_checkpoint(fresh, path)
+    packs.load_bias_checkpoint(fresh, path)
     assert torch.equal(logits(fresh, family), tuned_logits)
 
 
@@ -170,9 +171,9 @@ def test_partially_biased_qwen2_pack_round_trips_onto_a_fresh_copy_of_the_base(t
             if p.requires_grad:
                 p.add_(torch.randn_like(p))  # "training"
     params = dict(tuned.named_parameters())
-    path = bu.save_bias_checkpoint(tuned, tmp_path / "qwen2.safetensors")
+    path = packs.save_bias_checkpoint(tuned, tmp_path / "qwen2.safetensors", task="mrpc")
 
-    tensors, meta = bu.read_bias_checkpoint(path)
+    tensors, meta = packs.read_bias_checkpoint(path)
     expected = {n for n in params if n.endswith(".bias") or is_head("qwen2", n)}
     assert set(tensors) == set(meta["trained"]) == expected and meta["bias_groups"] == ["query", "key", "value"]
     assert {n.split(".")[-2] for n in expected if n.endswith(".bias")} == {"q_proj", "k_proj", "v_proj"}
@@ -180,14 +181,14 @@ def test_partially_biased_qwen2_pack_round_trips_onto_a_fresh_copy_of_the_base(t
 
     fresh = build("qwen2")  # the same base, as loaded: no apply_bitfit, no added biases
     assert not torch.equal(logits(fresh, "qwen2"), logits(tuned, "qwen2"))
-    bu.load_bias_checkpoint(fresh, path)
+    packs.load_bias_checkpoint(fresh, path)
     assert all(torch.equal(p, params[n]) for n, p in fresh.named_parameters())
     assert torch.equal(logits(fresh, "qwen2"), logits(tuned, "qwen2"))
 
     padded = build("qwen2")  # zero biases added: the pack has no values for them, so it is refused (a pack
     bu.apply_bitfit(padded, add_missing_biases=True)  # loaded there would leave whatever they hold behind)
     with pytest.raises(ValueError, match="lacks bias/head tensors"):
-        bu.load_bias_checkpoint(padded, path)
+        packs.load_bias_checkpoint(padded, path)
 
 
 def test_explicit_groups_on_other_families():
@@ -241,7 +242,7 @@ def test_beft_adds_zero_vectors_on_the_targets_only():
         before = logits_of(model, inp)
         linear_out = {n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         wrapped = apply_beft(model, targets)
-        groups = bu.parameter_groups(wrapped)
+        groups = methods.parameter_groups(wrapped)
         beft = {n: p for n, p in wrapped.named_parameters() if ".beft_bias." in n}
         targeted = {n.removeprefix("base_model.model.").split(".beft_bias.")[0] for n in beft}
         assert sum(p.numel() for p in beft.values()) == sum(linear_out[t] for t in targeted) == 2 * per_layer
@@ -251,7 +252,7 @@ def test_beft_adds_zero_vectors_on_the_targets_only():
         assert set(beft) <= trainable and {groups[n] for n in trainable} == {"beft", "head"}
         assert bu.count_parameters(wrapped)[0] == 2 * per_layer + head
         assert {groups[n] for n in beft} == {"beft"}
-        table = bu.parameter_table(wrapped)
+        table = methods.parameter_table(wrapped)
         assert table.loc["beft", "trainable"] == 2 * per_layer and table.loc["head", "trainable"] == head
         assert torch.equal(logits_of(wrapped, inp), before), "zero vectors leave the outputs unchanged at step 0"
     assert targeted == {f"bert.encoder.layer.{i}.{m}" for i in (0, 1) for m in (

@@ -1,8 +1,11 @@
 """Cheap imports: ``import bitfit_utils`` loads torch and no training stack; ``import lab`` only the stdlib.
 
+``bitfit_utils`` is a leaf: it imports nothing of the project and nothing of peft (read from its source).
+
 Each import runs in a fresh interpreter and the test reads ``sys.modules`` afterwards (not a timer).
 """
 
+import ast
 import json
 import subprocess
 import sys
@@ -33,7 +36,25 @@ def test_import_bitfit_utils_loads_no_training_stack():
     assert heavy == [], f"import bitfit_utils loads {heavy[:10]}: import them inside the functions that need them"
 
 
-@pytest.mark.parametrize("statement", ["import lab", "import lab.setup", "import lab.families"])
+def test_bitfit_utils_imports_nothing_of_the_project_nor_peft():
+    tree = ast.parse((ROOT / "bitfit_utils.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "." for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level}
+    relative = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+    project = {p.stem if p.suffix == ".py" else p.name for p in ROOT.iterdir() if p.suffix == ".py" or p.is_dir()}
+    tops = {name.split(".")[0] for name in imported}
+    assert not relative and not tops & (project | {"peft"}), f"bitfit_utils imports {sorted(tops & (project | {'peft'}))}"
+    assert tops <= {"__future__", "re", "warnings", "dataclasses", "typing", "torch", "pandas", "transformers"}
+
+
+def test_importing_lab_families_registers_the_other_roles():
+    new, _ = modules_loaded_by("import lab.families, bitfit_utils\nassert 'gate' in bitfit_utils.BIAS_GROUPS")
+    assert "lab.families" in new
+    new, _ = modules_loaded_by("import bitfit_utils\nassert 'gate' not in bitfit_utils.BIAS_GROUPS")
+    assert "lab.families" not in new
+
+
+@pytest.mark.parametrize("statement", ["import lab", "import lab.setup"])
 def test_import_lab_loads_the_standard_library_only(statement):
     new, _ = modules_loaded_by(statement)
     assert "lab" in new

@@ -8,7 +8,7 @@ from transformers import (BertConfig, BertForSequenceClassification, DistilBertC
                           RobertaConfig, RobertaForSequenceClassification)
 
 import bitfit_utils as bu
-from lab.methods import apply_lora, setup_method
+from lab.methods import apply_lora, parameter_table, setup_method
 from lab.handout import HandoutBitFitLoRA, handout_adaptive_bias_initialization
 from study.tools import mask_gradients, random_parameter_mask
 from conftest import TINY, tiny_bert
@@ -207,9 +207,9 @@ def test_setup_method_baselines(model):
 
 
 def test_lora_groups_and_the_handouts_class_losing_biases():
-    lora_all = bu.parameter_table(apply_lora(tiny_bert(), r=4, bias="all"))
-    lora_none = bu.parameter_table(apply_lora(tiny_bert(), r=4, bias="none"))
-    handout = bu.parameter_table(HandoutBitFitLoRA(tiny_bert(), lora_r=4).peft_model)
+    lora_all = parameter_table(apply_lora(tiny_bert(), r=4, bias="all"))
+    lora_none = parameter_table(apply_lora(tiny_bert(), r=4, bias="none"))
+    handout = parameter_table(HandoutBitFitLoRA(tiny_bert(), lora_r=4).peft_model)
     lora_r4 = 2 * 2 * 4 * (16 + 16)  # layers x (query, value) x r x (in + out)
     bias_rows = [g for g in bu.BIAS_GROUPS if g in lora_all.index]
     assert (lora_all.loc[bias_rows, "trainable"] == lora_all.loc[bias_rows, "parameters"]).all()
@@ -244,3 +244,26 @@ def test_handout_class_adapter_file_lacks_the_head(tmp_path):
             saved[name] = [k for k in f.keys() if "lora_" not in k]
     assert saved["handout"] == []
     assert sorted(saved["lora"]) == ["base_model.model.classifier.bias", "base_model.model.classifier.weight"]
+
+
+def test_plain_pytorch_bitfit_sets_the_flags_apply_bitfit_sets():
+    by_hand, by_library = tiny_bert(), tiny_bert()
+    bu.bitfit_in_plain_pytorch(by_hand)
+    report = bu.apply_bitfit(by_library)
+    assert [p.requires_grad for p in by_hand.parameters()] == [p.requires_grad for p in by_library.parameters()]
+    assert report.bias_terms == list(dict.fromkeys(bu.BERT_ROLES.values()))
+    assert not hasattr(by_library, "bitfit_bias_terms")  # the report carries it; the model gets no attribute
+
+
+def test_register_roles_extends_the_groups_and_refuses_clashes(monkeypatch):
+    monkeypatch.setattr(bu, "_ROLES", dict(bu._ROLES))
+    monkeypatch.setattr(bu, "BIAS_GROUPS", bu.BIAS_GROUPS)
+    bu.register_roles({"mixer.in_proj": "mixer"}, groups=["mixer"])
+    assert bu.BIAS_GROUPS[-len(bu.GENERIC_GROUPS) - 1:] == ("mixer", *bu.GENERIC_GROUPS)
+    assert bu.module_role("layers.2.mixer.in_proj") == "mixer"
+    bu.register_roles({"mixer.in_proj": "mixer"})  # the same again: nothing changes
+    with pytest.raises(ValueError, match="already registered with another role"):
+        bu.register_roles({"attention.self.query": "key"})
+    with pytest.raises(ValueError, match="pass them in groups"):
+        bu.register_roles({"x.y": "unknown_group"})
+    assert bu.module_role("x.y") is None
