@@ -30,18 +30,23 @@ def offline_model_path() -> Path:
 
 
 def _label_kwargs(num_labels: int, task: str | TaskSpec | None) -> dict:
-    """The config's ``num_labels``, ``id2label``, ``label2id`` (and ``finetuning_task`` with a task)."""
+    """The config's ``num_labels``, ``id2label`` and ``label2id`` for ``task`` (MRPC's names for 2 labels without one)."""
     if task is not None:
         spec = get_task(task)
         if num_labels not in (2, spec.num_labels):  # 2 is the default, not a choice
             raise ValueError(f"num_labels={num_labels} but {spec.title} has {spec.num_labels} labels "
                              f"{spec.label_names}: leave num_labels out when giving task.")
-        labels, extra = spec.label_names, {"finetuning_task": spec.name}
+        labels = spec.label_names
     else:
         labels = TASKS["mrpc"].label_names if num_labels == 2 else tuple(f"LABEL_{i}" for i in range(num_labels))
-        extra = {}
-    return dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={n: i for i, n in enumerate(labels)}, **extra)
+    return dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+
+
+def _name_task(model, task: str | TaskSpec | None):
+    """Record ``task`` as the config's ``finetuning_task`` (``predict`` reads it); the model, for chaining."""
+    if task is not None:
+        model.config.finetuning_task = get_task(task).name
+    return model
 
 
 def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool = True,
@@ -87,7 +92,7 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
             source, why = str(offline_model_path()), reason
         else:
             _explain_new_head(model, name, verbose)
-            return model, tokenizer
+            return _name_task(model, task), tokenizer
     with quiet_hf():
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
@@ -96,7 +101,7 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
         print(f"Using the offline model {OFFLINE_MODEL} (pre-trained MiniLM, 6 layers, 22.7M parameters) "
               f"instead of {name}: {why}. For {name}, run `python -m lab.hub` once while online (it prefetches it).")
     _explain_new_head(model, OFFLINE_MODEL, verbose)
-    return model, tokenizer
+    return _name_task(model, task), tokenizer
 
 
 def load_pack_model(pack_path: str | os.PathLike, verbose: bool = True):
