@@ -16,7 +16,7 @@ import lab.data
 from lab.data import (load_task, selection_splits, task_dev, task_folder, describe_splits, tokenize_pairs,
                       tokenize_task)
 from lab.models import _label_kwargs, predict
-from lab.tasks import KNOWN_METRICS, TASKS, TaskSpec, get_task
+from lab.tasks import KNOWN_METRICS, TASKS, get_task
 from lab.training import compute_metrics, metrics_for
 from conftest import ROOT, tiny_bert
 
