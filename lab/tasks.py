@@ -98,6 +98,7 @@ class TaskSpec:
 
 def _labelled(name: str, split: str, header: tuple[str, ...] | None, text: tuple[int, ...], label: int,
               n_fields: int | None = None) -> GlueFile:
+    """A labelled file; ``n_fields`` defaults to the header's length."""
     return GlueFile(split, name, header, n_fields or len(header or ()), text, label)
 
 
