@@ -137,7 +137,9 @@ class MultiTaskBitFit:
             ValueError: a task already attached, another task's pack, another base model
                 (name, architecture, frozen weights), missing/extra/mis-shaped tensors, or a head
                 whose size disagrees with its label names or with ``labels``.
+            BaseChanged: the frozen weights changed since this object was built.
         """
+        self.check_base()  # the attach-time fingerprints below must still describe the model
         source = str(pack) if isinstance(pack, (str, os.PathLike)) else f"pack for '{task}'"
         tensors, meta = bu.read_bias_checkpoint(pack) if isinstance(pack, (str, os.PathLike)) else pack
         if task in self.tasks:

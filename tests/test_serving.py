@@ -7,7 +7,7 @@ import torch
 
 import bitfit_utils as bu
 from lab.serving import BaseChanged, MultiTaskBitFit, synthetic_pack
-from tests.conftest import tiny_bert
+from conftest import tiny_bert
 
 LABELS = {"mrpc": 2, "sst2": 2, "nli3": 3}  # one head with three labels
 
@@ -223,3 +223,15 @@ def test_training_mode_and_unsupported_models_are_refused():
                                                                   hidden_dim=32))
     with pytest.raises(ValueError, match="BERT-style"):
         MultiTaskBitFit(distil)
+
+
+def test_benchmark_request_stream_reads_the_three_dev_layouts(mrpc_dir):
+    from benchmarks.bench_serving import request_stream
+
+    data = mrpc_dir.parent
+    if not all((data / task / "dev.tsv").is_file() for task in ("sst2", "cola")):
+        pytest.skip(f"SST-2 or CoLA dev.tsv missing under {data}")
+    requests = request_stream(6, data)
+    assert [task for task, _ in requests] == ["mrpc", "sst2", "cola"] * 2
+    assert all(isinstance(text, tuple) and len(text) == 2 for task, text in requests if task == "mrpc")
+    assert requests[1][1] != "sentence" and requests[2][1].endswith(".")  # no header row, CoLA's 4th column
