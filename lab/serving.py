@@ -419,12 +419,14 @@ def _bias_owners(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]
 
 
 def _add_rows(stacked: torch.Tensor, ids: torch.Tensor):
-    """A forward hook adding ``stacked[ids]`` (one delta row per example) to a module's output."""
+    """A forward hook adding ``stacked[ids]`` (one delta row per example) to a module's output.
+
+    The addition is in place (no second activation-sized tensor): the output is the module's own
+    fresh result and ``forward_mixed`` runs without autograd.
+    """
     def hook(module, args, output):
         rows = stacked[ids].to(output.dtype)
-        if output.dim() == 3:
-            rows = rows.unsqueeze(1)
-        return output + rows
+        output.add_(rows.unsqueeze(1) if output.dim() == 3 else rows)
 
     return hook
 
