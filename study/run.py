@@ -61,6 +61,8 @@ HEAD_CHECK = {"method": "bitfit", "lr": 1e-3, "seeds": (1, 2, 3)}
 #: Epochs of a cost run (no early stop): what an epoch costs with the machine to itself.
 COST_EPOCHS = 2
 COST_METHODS = ("bitfit", "full")
+#: The methods a smoke test (``--quick``) goes through: one of each kind of setup.
+QUICK_METHODS = ("frozen", "bitfit", "lora")
 #: Until runs of a method have measured them: machine seconds per epoch, and epochs a run trains.
 EPOCH_S_GUESS = {"frozen": 60.0, "full": 130.0}
 EPOCH_S_DEFAULT = 100.0
@@ -101,7 +103,7 @@ def grid_lrs(method: str, quick: bool) -> tuple[float, ...]:
 def choose_lrs(runs: list[dict], head: str | None, quick: bool = False) -> dict[str, float]:
     """The chosen rate of every headline method whose grid is complete: best validation MCC at the kept epoch."""
     chosen = {}
-    for method in HEADLINE:
+    for method in QUICK_METHODS if quick else HEADLINE:
         grid = {r["lr"]: r for r in runs if r["part"] == "grid" and r["method"] == method and r["head"] == head}
         if grid and set(grid) >= set(grid_lrs(method, quick)):
             best = max(grid.values(), key=lambda r: (kept(r)["validation_mcc"], kept(r)["validation_accuracy"], -r["lr"]))
@@ -116,12 +118,14 @@ def plan(runs: list[dict], quick: bool = False) -> list[dict]:
     check_seeds = HEAD_CHECK["seeds"][:1] if quick else HEAD_CHECK["seeds"]
     specs = [{"part": "head", "method": HEAD_CHECK["method"], "head": h, "lr": HEAD_CHECK["lr"], "seed": s}
              for s in check_seeds for h in POOLINGS]
+    methods = QUICK_METHODS if quick else HEADLINE
     specs += [{"part": "grid", "method": m, "head": head, "lr": lr if head else None, "seed": 0}
-              for m in HEADLINE for lr in grid_lrs(m, quick)]
-    for m in HEADLINE:
+              for m in methods for lr in grid_lrs(m, quick)]
+    for m in methods:
         n = 1 if quick else METHODS[m].seeds
         specs += [{"part": "seeds", "method": m, "head": head, "lr": chosen.get(m), "seed": s} for s in range(1, n + 1)]
-    specs += [{"part": "cost", "method": m, "head": head, "lr": chosen.get(m), "seed": 1} for m in COST_METHODS]
+    specs += [{"part": "cost", "method": m, "head": head, "lr": chosen.get(m), "seed": 1} for m in COST_METHODS
+              if m in (QUICK_METHODS if quick else HEADLINE)]
     for s in specs:
         s["name"], s["quick"] = spec_name(s), quick
     return specs

@@ -72,3 +72,8 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(lab.hub, "_HUB_STATE", {})
     yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: builds an environment or runs the lab end to end in subprocesses "
+                                       "(left out by `bash run.sh test --fast`)")

@@ -1,5 +1,7 @@
 """The benchmark script runs and reports every measurement (no timing asserts); its memory probe is this process's own."""
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from study.tools import peak_rss
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_bench_quick_reports_everything(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_bitfit.py", "--quick", "--json", str(out)],

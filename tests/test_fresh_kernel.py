@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from lab import setup as ls
 from test_lab_setup import copy_project
+
+pytestmark = pytest.mark.slow
 
 KERNEL = "bitfit-fresh-venv"
 

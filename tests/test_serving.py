@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bitfit_utils as bu
+from lab import packs
 from lab.serving import BaseChanged, MultiTaskBitFit, synthetic_pack
 from conftest import tiny_bert
 
@@ -104,10 +105,10 @@ def test_switch_matches_load_bias_checkpoint(tmp_path):
         for name, param in trained.named_parameters():
             if param.requires_grad:
                 param.add_(0.1 * torch.randn_like(param))
-    path = bu.save_bias_checkpoint(trained, tmp_path / "mrpc.safetensors", task="mrpc")
+    path = packs.save_bias_checkpoint(trained, tmp_path / "mrpc.safetensors", task="mrpc")
     server = MultiTaskBitFit(base, {"mrpc": path})
     reference = tiny_bert()
-    bu.load_bias_checkpoint(reference, path)
+    packs.load_bias_checkpoint(reference, path)
     inputs = batch()
     server.switch("mrpc")
     with torch.no_grad():

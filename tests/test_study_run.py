@@ -1,0 +1,148 @@
+"""Protocol 3 of the study: its stages, its rule (patience, no tuning seed reported) and its report."""
+
+import json
+import math
+
+import pytest
+
+from lab.selection import best_entry, selection_key, should_stop
+from study import report as rp
+from study import run as sr
+from study.methods import HEADLINE, METHODS
+
+
+def _run(part, method, head, lr, seed, log, **extra):
+    """A run file as run_one writes it, with a made-up log [(val_mcc, val_acc, dev_acc), ...]."""
+    spec = {"part": part, "method": method, "head": head, "lr": lr, "seed": seed, "quick": False}
+    entries = [{"epoch": float(i + 1), "train_seconds": 50.0 * (i + 1), "validation_mcc": m, "validation_accuracy": a,
+                "validation_f1": 0.8, "dev_accuracy": d, "dev_f1": 0.8, "dev_mcc": 0.1}
+               for i, (m, a, d) in enumerate(log)]
+    kept = best_entry(entries)["epoch"]
+    return {**spec, "name": sr.spec_name(spec), "max_epochs": sr.MAX_EPOCHS, "last_epoch": float(len(log)),
+            "kept_epoch": kept, "kept_at_cap": kept >= sr.MAX_EPOCHS, "trainable": 10, "total": 100,
+            "trainable_pct": 10.0, "checkpoint_bytes": 1000, "device": "cpu", "concurrent_runs": 2,
+            "wall_seconds": 60.0 * len(log), "validation_majority": 0.67, "log": entries, **extra}
+
+
+def test_ties_break_on_accuracy_then_on_the_earlier_epoch():
+    log = [{"epoch": 1.0, "validation_mcc": 0.4, "validation_accuracy": 0.70},
+           {"epoch": 2.0, "validation_mcc": 0.4, "validation_accuracy": 0.75},
+           {"epoch": 3.0, "validation_mcc": 0.4, "validation_accuracy": 0.75}]
+    assert best_entry(log)["epoch"] == 2.0
+    assert selection_key(log[1]) > selection_key(log[2]) > selection_key(log[0])
+    # the majority class (MCC 0) never wins, however high its accuracy
+    assert best_entry([{"epoch": 1.0, "validation_mcc": 0.0, "validation_accuracy": 0.99},
+                       {"epoch": 2.0, "validation_mcc": 0.01, "validation_accuracy": 0.5}])["epoch"] == 2.0
+
+
+def test_training_stops_after_patience_epochs_without_a_better_one():
+    log = [{"epoch": float(e), "validation_mcc": m, "validation_accuracy": 0.7}
+           for e, m in enumerate([0.1, 0.3, 0.2, 0.25, 0.3], 1)]
+    assert not should_stop(log[:4], 3)
+    assert should_stop(log, 3)  # epochs 3, 4 and 5 (a tie that is not better) after the best, epoch 2
+    assert not should_stop(log, None) and not should_stop(log, 4)
+
+
+def test_keep_best_stops_the_trainer_and_keeps_the_rule_s_epoch():
+    from types import SimpleNamespace
+
+    import torch
+
+    from lab.training import KeepBest
+
+    model, keep = torch.nn.Linear(2, 2), KeepBest("eval_validation_mcc", patience=2)
+    stops = []
+    for epoch, (mcc, acc) in enumerate([(0.2, 0.7), (0.2, 0.8), (0.1, 0.9), (0.15, 0.9)], 1):
+        control = SimpleNamespace(should_training_stop=False)
+        keep.on_evaluate(None, SimpleNamespace(epoch=float(epoch)), control, model=model,
+                         metrics={"eval_validation_mcc": mcc, "eval_validation_accuracy": acc})
+        stops.append(control.should_training_stop)
+    assert keep.best_epoch == 2.0 and stops == [False, False, False, True]
+
+
+def test_the_plan_runs_the_head_check_first_and_never_reports_the_tuning_seed():
+    empty = sr.plan([])
+    assert {s["part"] for s in empty if sr.ready(s)} == {"head"}
+    assert {(s["head"], s["seed"]) for s in empty if s["part"] == "head"} == {(h, s) for h in ("cls", "mean")
+                                                                              for s in (1, 2, 3)}
+    grid = [s for s in empty if s["part"] == "grid"]
+    assert len(grid) == 3 * len(HEADLINE) and {s["seed"] for s in grid} == {0}
+    seeds = {m: sorted(s["seed"] for s in empty if s["part"] == "seeds" and s["method"] == m) for m in HEADLINE}
+    assert seeds == {m: list(range(1, METHODS[m].seeds + 1)) for m in HEADLINE}
+    assert seeds["bitfit"] == seeds["full"] == seeds["lora"] == [1, 2, 3, 4, 5]
+
+
+def test_the_head_is_chosen_on_mean_validation_mcc_only():
+    runs = [_run("head", "bitfit", "cls", 1e-3, s, [(0.5, 0.8, 0.99)]) for s in (1, 2, 3)]
+    assert sr.choose_head(runs) is None  # incomplete
+    runs += [_run("head", "bitfit", "mean", 1e-3, s, [(0.52, 0.7, 0.1)]) for s in (1, 2, 3)]
+    assert sr.choose_head(runs) == "mean"  # dev says otherwise; it is not read
+    planned = sr.plan(runs)
+    assert all(s["head"] == "mean" for s in planned if s["part"] == "grid") and all(
+        sr.ready(s) for s in planned if s["part"] == "grid")
+    tie = [dict(r, head="mean") if r["head"] == "mean" else r for r in runs[:3]] + [
+        _run("head", "bitfit", "mean", 1e-3, s, [(0.5, 0.8, 0.5)]) for s in (1, 2, 3)]
+    assert sr.choose_head(tie) == "cls"  # a tie keeps the architecture's own head
+
+
+def _complete_study(head="mean"):
+    runs = [_run("head", "bitfit", h, 1e-3, s, [(0.5 if h == head else 0.4, 0.8, 0.8)])
+            for h in ("cls", "mean") for s in (1, 2, 3)]
+    for method in HEADLINE:
+        for lr in METHODS[method].lrs:
+            runs.append(_run("grid", method, head, lr, 0, [(0.3 + (lr == METHODS[method].lrs[1]) * 0.1, 0.8, 0.8)]))
+    full_logs = {1: [(0.3, 0.72, 0.8), (0.5, 0.80, 0.81)], 2: [(0.3, 0.73, 0.79), (0.5, 0.79, 0.8)]}
+    bitfit_logs = {1: [(0.0, 0.67, 0.7), (0.2, 0.74, 0.72), (0.5, 0.80, 0.8)], 2: [(0.0, 0.67, 0.68)] * 3}
+    for method in HEADLINE:
+        lr = METHODS[method].lrs[1]
+        for seed in range(1, METHODS[method].seeds + 1):
+            log = {"full": full_logs, "bitfit": bitfit_logs}.get(method, {}).get(seed, [(0.4, 0.78, 0.77)])
+            runs.append(_run("seeds", method, head, lr, seed, log))
+    runs += [_run("cost", m, head, METHODS[m].lrs[1], 1, [(0.1, 0.7, 0.7)] * 2) for m in ("bitfit", "full")]
+    return runs
+
+
+def test_report_writes_every_table_and_counts_a_seed_that_never_reaches(tmp_path):
+    runs = _complete_study()
+    (tmp_path / "runs").mkdir()
+    for r in runs:
+        (tmp_path / "runs" / f"{r['name']}.json").write_text(json.dumps(r))
+    rp.report(tmp_path)
+    for name in ("runs.csv", "head.md", "grid.md", "methods.md", "tta.md", "methods.png"):
+        assert (tmp_path / name).is_file(), name
+    methods = (tmp_path / "methods.md").read_text()
+    assert "last_epochs" in methods and "kept_at_cap" in methods
+    grid = (tmp_path / "grid.md").read_text()
+    assert "dev" not in grid.lower()  # what chose the rate is validation only
+    rows, targets = rp.tta_rows(runs, sr.choose_lrs(runs, "mean"))
+    assert targets["majority_plus_5"] == pytest.approx(0.72)
+    bitfit = {r["seed"]: r for r in rows if r["method"] == "bitfit"}
+    assert bitfit[1]["majority_plus_5_epochs"] == 2 and bitfit[2]["majority_plus_5_epochs"] is None
+    assert bitfit[2]["majority_plus_5_seconds"] == math.inf  # counted as never, not dropped
+    ratios = rp.tta_ratios(rows, "majority_plus_5")
+    assert ratios["bitfit_never"] == 1 and ratios["max_ratio"] == math.inf
+    assert "never reached: BitFit 1" in (tmp_path / "tta.md").read_text()
+    # seed 0 (the grid's) is not among the reported seeds
+    table = rp.method_table(runs, sr.choose_lrs(runs, "mean"))
+    assert table.loc["bitfit", "seeds"] == 5 and table.loc["frozen", "seeds"] == 3
+
+
+@pytest.mark.slow
+def test_the_quick_study_runs_end_to_end(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if not os.environ.get("BITFIT_DATA_DIR"):
+        pytest.skip("needs the local MRPC folder (BITFIT_DATA_DIR)")
+    out = tmp_path / "study"
+    subprocess.run([sys.executable, "-m", "study.run", "--quick", "--out", str(out), "--jobs", "1"], cwd=ROOT,
+                   check=True, capture_output=True)
+    runs = sr.read_runs(out)
+    assert {r["part"] for r in runs} == {"head", "grid", "seeds", "cost"}
+    assert all(r["protocol"] == 3 and r["precision"] == "float32" for r in runs)
+    assert {r["seed"] for r in runs if r["part"] == "seeds"} == {1}
+    rp.report(out)
+    assert (out / "methods.md").is_file()
