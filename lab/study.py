@@ -95,6 +95,36 @@ def headline(results_dir: str | os.PathLike = "results"):
     return shown
 
 
+def against_majority(accuracy: float, majority: float, mcc: float | None, pair_points: float, split: str) -> str:
+    """How a score compares with always answering the majority class, told by accuracy and, where known, MCC.
+
+    Any constant answer scores MCC 0, so "stuck on the majority class" is said only when MCC is near 0.
+    """
+    above = accuracy - majority
+    score = (f"高出 {above:.1f} 分" if above >= pair_points else f"低 {-above:.1f} 分" if above <= -pair_points
+             else "差不多")
+    if mcc is None or mcc != mcc:
+        return score + "。"
+    if mcc <= 0.05:
+        return f"{score}；{split} MCC {mcc:.2f}，幾乎停在多數類（永遠猜同一類的 MCC 是 0）。"
+    return f"{score}；但 {split} MCC {mcc:.2f}（永遠猜同一類是 0）：它沒有停在多數類，分得出一部分 not_equivalent 的對。"
+
+
+def _mean_dev_mcc(folder: Path, method: str) -> float | None:
+    """Mean dev MCC at the kept epoch of ``method``'s reported runs in ``runs.csv`` (None when not there)."""
+    import pandas as pd
+
+    path = folder / "runs.csv"
+    if not path.is_file():
+        return None
+    runs = pd.read_csv(path)
+    chosen = runs[(runs["method"] == method) & runs["part"].isin(["grid", "seeds"])]
+    if (folder / "methods.csv").is_file():
+        lr = pd.read_csv(folder / "methods.csv", index_col="method")["lr"].get(method)
+        chosen = chosen[chosen["lr"] == lr]
+    return float(chosen["dev_mcc"].mean()) if len(chosen) else None
+
+
 def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.1f} ± {std:.1f}" if std == std else f"{mean:.1f}"
 
@@ -135,9 +165,9 @@ def headline_sentences(results_dir: str | os.PathLike, majority_accuracy: float,
                     f"Full FT 是 {f.trainable_pct:.0f} %、{f.checkpoint_mb:.1f} MB。")
     if "frozen" in table.index:
         z = table.loc["frozen"]
-        above = z.acc_mean - majority_accuracy
         said.append(f"只訓練分類頭（Frozen）{z.acc_mean:.1f}，全部猜 equivalent 是 {majority_accuracy:.1f}："
-                    + (f"高出 {above:.1f} 分。" if above >= 100 / dev_pairs else "停在多數類，凍結的特徵加一層分類頭不夠。"))
+                    + against_majority(z.acc_mean, majority_accuracy, _mean_dev_mcc(folder, "frozen"),
+                                       100 / dev_pairs, "dev"))
     if len(table) >= 2:
         ranked = table.sort_values("acc_mean", ascending=False)
         first, second = ranked.index[0], ranked.index[1]
@@ -268,9 +298,9 @@ def this_run_sentences(table, majority_accuracy: float, dev_pairs: int,
                     f"{majority_accuracy:.1f}，高出 {b.dev_accuracy - majority_accuracy:.1f} 分；和其他方法的比較看第 7 節的研究表。")
     if "Frozen (head only)" in table.index:
         z = table.loc["Frozen (head only)"]
-        above = z.dev_accuracy - majority_accuracy
-        said.append(f"Frozen {z.dev_accuracy:.1f}，全部猜 equivalent 是 {majority_accuracy:.1f}"
-                    + (f"：高出 {above:.1f} 分。" if above >= 100 / dev_pairs else "：停在多數類。"))
+        said.append(f"Frozen {z.dev_accuracy:.1f}，全部猜 equivalent 是 {majority_accuracy:.1f}："
+                    + against_majority(z.dev_accuracy, majority_accuracy, z.get("validation_mcc"), 100 / dev_pairs,
+                                       "validation"))
     return said
 
 

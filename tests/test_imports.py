@@ -60,3 +60,16 @@ def test_import_lab_loads_the_standard_library_only(statement):
     assert "lab" in new
     outside = [m for m in new if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != "lab"]
     assert outside == [], f"{statement} loads {outside[:10]} (lab.setup runs before torch is installed)"
+
+
+def test_no_notebook_imports_the_scripts_folders():
+    """What a notebook needs lives in lab/ (or bitfit_utils); benchmarks/ and study/ are scripts."""
+    import json
+    import re
+
+    from conftest import ROOT
+
+    for path in [*ROOT.glob("0[123]-*.ipynb"), *ROOT.glob("solutions/*.ipynb")]:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        assert not re.search(r"^\s*(from|import)\s+(benchmarks|study)\b", code, re.M), path.name

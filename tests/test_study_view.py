@@ -88,7 +88,11 @@ def test_this_run_sentences_label_unequal_training():
     said = this_run_sentences(table, majority_accuracy=68.4, dev_pairs=408)
     assert "訓練量不同" in said[0] and "414 步" in said[0]
     assert any("+5.0 分 = 20 對" in s for s in said)
-    assert any("停在多數類" in s for s in said)
+    assert any("Frozen 68.4，全部猜 equivalent 是 68.4：差不多。" == s for s in said)  # no MCC: no verdict
+    # "stuck on the majority class" is said from MCC (a constant answer scores 0), not from accuracy
+    for mcc, words in ((0.0, "幾乎停在多數類"), (0.2, "它沒有停在多數類")):
+        told = this_run_sentences(table.assign(validation_mcc=[0.5, 0.4, mcc]), 68.4, 408)
+        assert any(words in s and f"MCC {mcc:.2f}" in s for s in told), told
     same = table.assign(max_epochs=[1, 1, 1], steps=[207, 207, 207])
     assert not any("訓練量不同" in s for s in this_run_sentences(same, 68.4, 408))
     alone = this_run_sentences(table.loc[["BitFit"]], 68.4, 408)  # the CPU demo trains BitFit only
