@@ -14,8 +14,12 @@ MCC by ``lab.selection`` (dev is only reported). What protocol 3 adds to protoco
   pooling and keeps the head with the higher mean validation MCC; every method then uses it.
 
 Stages, each waiting for the one before: ``head`` -> ``grid`` (every headline method at every
-rate of its grid, seed 0) -> ``seeds`` (the chosen rate, seeds 1..N) -> ``cost`` (BitFit and
-Full FT alone on the machine for two epochs: the seconds an epoch costs, for time-to-accuracy).
+rate of its grid, seed 0) -> ``seeds`` (the chosen rate, seeds 1..N) -> ``task`` (BitFit and Full
+FT on the other tasks of ``TASK_STUDY``, MRPC's head and chosen rates, seeds 1..3) -> ``cost``
+(BitFit and Full FT alone on the machine for two epochs: the seconds an epoch costs, for
+time-to-accuracy). The other tasks reuse MRPC's rates rather than a grid of their own: a grid per
+task would triple their runs, beyond the 4 CPU-hours they are given. BitFit runs also save their
+pack (``<out>/packs/``): one base, a small pack per task, and the bias groups each task moved.
 Each run happens in its own process and writes ``<out>/runs/<run>.json`` whole when it ends
 (a killed run leaves nothing and is redone), so a stopped study goes on where it stopped.
 
@@ -42,11 +46,12 @@ import torch
 
 import bitfit_utils as bu
 from lab import packs
-from lab.data import load_mrpc, selection_splits, tokenize_pairs
+from lab.data import load_task, selection_splits, tokenize_task
 from lab.heads import POOLINGS, set_pooling
 from lab.models import OFFLINE_MODEL, load_model
 from lab.selection import PATIENCE, SELECT_BY, best_entry
-from lab.training import history_frame, make_trainer, set_seed
+from lab.tasks import get_task
+from lab.training import ALWAYS_METRICS, history_frame, make_trainer, set_seed
 from study.methods import HEADLINE, METHODS, checkpoint_bytes, setup
 from study.tools import peak_rss
 
@@ -63,6 +68,11 @@ COST_EPOCHS = 2
 COST_METHODS = ("bitfit", "full")
 #: The methods a smoke test (``--quick``) goes through: one of each kind of setup.
 QUICK_METHODS = ("frozen", "bitfit", "lora")
+#: The other tasks: how many training examples to keep (stratified, the same for every run; None: all).
+#: SST-2's 67k sentences would cost five MRPC epochs each; 8,000 keep an epoch near MRPC's cost.
+TASK_STUDY: dict[str, int | None] = {"sst2": 8000, "cola": None}
+TASK_METHODS = ("bitfit", "full")
+TASK_SEEDS = 3
 #: Until runs of a method have measured them: machine seconds per epoch, and epochs a run trains.
 EPOCH_S_GUESS = {"frozen": 60.0, "full": 130.0}
 EPOCH_S_DEFAULT = 100.0
@@ -73,7 +83,13 @@ EPOCHS_DEFAULT = 11
 def spec_name(spec: dict) -> str:
     lr = f"lr{spec['lr']:g}" if spec["lr"] is not None else "lr?"
     head = spec["head"] or "?"
-    return f"{spec['part']}-{spec['method']}-{head}-{lr}-s{spec['seed']}"
+    task = spec.get("task", "mrpc")
+    prefix = "" if task == "mrpc" else f"{task}-"
+    return f"{prefix}{spec['part']}-{spec['method']}-{head}-{lr}-s{spec['seed']}"
+
+
+def task_of(run: dict) -> str:
+    return run.get("task", "mrpc")
 
 
 # ----- what the finished runs decided ------------------------------------------------
@@ -89,7 +105,7 @@ def choose_head(runs: list[dict], quick: bool = False) -> str | None:
     seeds = HEAD_CHECK["seeds"][:1] if quick else HEAD_CHECK["seeds"]
     scores: dict[str, list[float]] = {h: [] for h in POOLINGS}
     for r in runs:
-        if r["part"] == "head":
+        if r["part"] == "head" and task_of(r) == "mrpc":
             scores[r["head"]].append(kept(r)["validation_mcc"])
     if any(len(v) < len(seeds) for v in scores.values()):
         return None
@@ -104,7 +120,8 @@ def choose_lrs(runs: list[dict], head: str | None, quick: bool = False) -> dict[
     """The chosen rate of every headline method whose grid is complete: best validation MCC at the kept epoch."""
     chosen = {}
     for method in QUICK_METHODS if quick else HEADLINE:
-        grid = {r["lr"]: r for r in runs if r["part"] == "grid" and r["method"] == method and r["head"] == head}
+        grid = {r["lr"]: r for r in runs
+                if r["part"] == "grid" and task_of(r) == "mrpc" and r["method"] == method and r["head"] == head}
         if grid and set(grid) >= set(grid_lrs(method, quick)):
             best = max(grid.values(), key=lambda r: (kept(r)["validation_mcc"], kept(r)["validation_accuracy"], -r["lr"]))
             chosen[method] = best["lr"]
@@ -124,8 +141,16 @@ def plan(runs: list[dict], quick: bool = False) -> list[dict]:
     for m in methods:
         n = 1 if quick else METHODS[m].seeds
         specs += [{"part": "seeds", "method": m, "head": head, "lr": chosen.get(m), "seed": s} for s in range(1, n + 1)]
+    for s in specs:
+        s["name"] = spec_name(s)
+    done = {r["name"] for r in runs}
+    mrpc_done = all(s["name"] in done for s in specs)  # the MRPC study goes first
+    for task in TASK_STUDY:
+        specs += [{"part": "task", "task": task, "method": m, "head": head if mrpc_done else None,
+                   "lr": chosen.get(m) if mrpc_done else None, "seed": s}
+                  for m in TASK_METHODS if m in methods for s in range(1, (1 if quick else TASK_SEEDS) + 1)]
     specs += [{"part": "cost", "method": m, "head": head, "lr": chosen.get(m), "seed": 1} for m in COST_METHODS
-              if m in (QUICK_METHODS if quick else HEADLINE)]
+              if m in methods]
     for s in specs:
         s["name"], s["quick"] = spec_name(s), quick
     return specs
@@ -146,15 +171,28 @@ def _commit() -> str:
     return proc.stdout.strip() + ("-dirty" if dirty else "") if proc.returncode == 0 else "unknown"
 
 
-def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
-    """Train one configuration; return its settings and per-epoch log (``jobs``: runs sharing the machine)."""
+def task_data(task: str, quick: bool = False):
+    """The splits a run of ``task`` trains on: ``selection_splits`` of its train set (subsampled per ``TASK_STUDY``)."""
+    data = load_task(task)
+    keep = TASK_STUDY.get(task)
+    if keep and not quick and keep < len(data["train"]):
+        data["train"] = data["train"].train_test_split(train_size=keep, seed=0, stratify_by_column="label")["train"]
+    return selection_splits(data)
+
+
+def run_one(spec: dict, quick: bool, jobs: int = 1, out: Path | None = None) -> dict:
+    """Train one configuration; return its settings and per-epoch log (``jobs``: runs sharing the machine).
+
+    A BitFit run also writes its pack to ``out/packs/<name>.safetensors`` when ``out`` is given.
+    """
+    task = task_of(spec)
     set_seed(spec["seed"])
-    splits = selection_splits(load_mrpc())
-    model, tokenizer = load_model(OFFLINE_MODEL, verbose=False)
+    splits = task_data(task, quick)
+    model, tokenizer = load_model(OFFLINE_MODEL, verbose=False, task=task)
     set_pooling(model, spec["head"])
     total = bu.count_parameters(model)[1]
     model, trainable = setup(model, spec["method"], spec["seed"])
-    encoded = tokenize_pairs(splits, tokenizer)
+    encoded = tokenize_task(splits, tokenizer, task)
     train, validation, dev = encoded["train"], encoded["validation"], encoded["dev"]
     if quick:
         train, validation, dev = train.select(range(64)), validation.select(range(32)), dev.select(range(32))
@@ -162,22 +200,28 @@ def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
     max_epochs = COST_EPOCHS if cost else (2 if quick else MAX_EPOCHS)
     warmup_steps = max(1, math.ceil(len(train) / BATCH_SIZE) // 2)  # half an epoch, whatever the cap
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as out:
-        trainer = make_trainer(model, tokenizer, train, {"validation": validation, "dev": dev}, out,
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = make_trainer(model, tokenizer, train, {"validation": validation, "dev": dev}, scratch,
                                learning_rate=spec["lr"], epochs=max_epochs, batch_size=BATCH_SIZE, seed=spec["seed"],
                                warmup=warmup_steps, select_by=None if cost else SELECT_BY,
-                               patience=None if cost else PATIENCE, disable_tqdm=True)
+                               patience=None if cost else PATIENCE, task=task, disable_tqdm=True)
         start = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - start
     history = history_frame(trainer)
+    metrics = ("loss",) + tuple(dict.fromkeys(get_task(task).metrics + ALWAYS_METRICS))
     log = [{"epoch": float(e), "train_seconds": row["train_seconds"], "train_loss": row.get("train_loss"),
             **{f"{split}_{metric}": row[f"eval_{split}_{metric}"] for split in ("validation", "dev")
-               for metric in ("loss", "accuracy", "f1", "mcc")}}
+               for metric in metrics}}
            for e, row in history.iterrows()]
     labels, dev_labels = validation["label"], dev["label"]
     kept_epoch = best_entry(log, SELECT_BY)["epoch"]
-    return {**spec, "protocol": PROTOCOL, "commit": _commit(), "max_epochs": max_epochs, "patience": PATIENCE,
+    if out is not None and spec["method"] == "bitfit" and not cost:  # the model holds the kept epoch
+        (out / "packs").mkdir(parents=True, exist_ok=True)
+        packs.save_bias_checkpoint(model, out / "packs" / f"{spec['name']}.safetensors", task=task,
+                                   run=spec["name"], kept_epoch=kept_epoch, head=spec["head"],
+                                   dev_at_kept=best_entry(log, SELECT_BY))
+    return {**spec, "task": task, "protocol": PROTOCOL, "commit": _commit(), "max_epochs": max_epochs, "patience": PATIENCE,
             "warmup_steps": warmup_steps, "last_epoch": log[-1]["epoch"], "kept_epoch": kept_epoch,
             "kept_at_cap": kept_epoch >= max_epochs, "precision": "float32", "steps": trainer.state.global_step,
             "train_pairs": len(train), "validation_pairs": len(validation), "dev_pairs": len(dev),
@@ -285,7 +329,7 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         spec = json.loads(args.run)
-        result = run_one(spec, args.quick, args.jobs)
+        result = run_one(spec, args.quick, args.jobs, Path(args.out))
         path = args.out / "runs" / f"{spec['name']}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
