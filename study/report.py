@@ -9,18 +9,26 @@ Writes into the results folder (``results/v3`` by default):
   (1..N, never the tuning seed 0): dev at the kept epoch, mean, std and every seed, kept and last epochs;
 * ``tta.csv`` / ``tta.md``: per reported seed, training seconds to reach two validation targets, at the
   epoch cost measured by the cost runs (the machine to itself), and the BitFit / Full FT ratio;
+* ``tasks.csv`` / ``tasks.md``: BitFit and Full FT per task (MRPC, SST-2, CoLA), the task's GLUE metric on
+  dev over seeds 1..3, trainable parameters, pack bytes against a full checkpoint;
+* ``recipe.json``: what the study chose (head, stopping rule, rate per method) and every reported seed's
+  scores: what 02 trains with and places its own run among;
 * ``methods.png``: dev accuracy per method, every seed a dot beside the mean.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from statistics import median
 
-from study.run import RESULTS, choose_head, choose_lrs, kept, machine_hours, read_runs
+from lab.selection import PATIENCE, SELECT_BY
+from lab.tasks import get_task
 from study.methods import HEADLINE, METHODS
+from study.run import (MAX_EPOCHS, OFFLINE_MODEL, RESULTS, TASK_METHODS, choose_head, choose_lrs, kept, machine_hours, read_runs,
+                       task_of)
 
 TTA_METHODS = ("bitfit", "full")
 
@@ -53,8 +61,9 @@ def flat(run: dict) -> dict:
     row = {k: v for k, v in run.items() if k not in ("log", "loadavg_1min")}
     row.update(kept_epoch=at["epoch"], kept_train_seconds=at["train_seconds"])
     for split in ("validation", "dev"):
-        row.update({f"{split}_accuracy": 100 * at[f"{split}_accuracy"], f"{split}_f1": 100 * at[f"{split}_f1"],
-                    f"{split}_mcc": at[f"{split}_mcc"]})
+        row.update({f"{split}_accuracy": 100 * at[f"{split}_accuracy"], f"{split}_mcc": at[f"{split}_mcc"]})
+        if f"{split}_f1" in at:  # F1 is MRPC's (and reported for it only)
+            row[f"{split}_f1"] = 100 * at[f"{split}_f1"]
     return row
 
 
@@ -112,6 +121,60 @@ def method_table(runs: list[dict], chosen: dict[str, float]):
     return pd.DataFrame(out).set_index("method") if out else pd.DataFrame()
 
 
+def _headline_score(run: dict, metric: str) -> float:
+    """The task's GLUE metric on dev at the kept epoch: accuracy and F1 in %, MCC as is."""
+    value = kept(run)[f"dev_{metric}"]
+    return value if metric == "mcc" else 100 * value
+
+
+def task_table(runs: list[dict], chosen: dict[str, float]):
+    """BitFit and Full FT per task: the task's metric on dev over the reported seeds, size of what each task stores.
+
+    MRPC's rows are its ``seeds`` runs at the chosen rate; the other tasks' are their ``task`` runs
+    (MRPC's head and rates, ``study.run.TASK_STUDY``).
+    """
+    import pandas as pd
+
+    rows = []
+    for task in dict.fromkeys(["mrpc", *(task_of(r) for r in runs)]):
+        metric = get_task(task).metrics[0]
+        for method in TASK_METHODS:
+            part = "seeds" if task == "mrpc" else "task"
+            these = sorted((r for r in runs if task_of(r) == task and r["part"] == part and r["method"] == method
+                            and r["lr"] == chosen.get(method)), key=lambda r: r["seed"])
+            if not these:
+                continue
+            scores = pd.Series([_headline_score(r, metric) for r in these])
+            digits = 3 if metric == "mcc" else 1
+            rows.append({"task": task, "method": method, "metric": f"dev {metric}", "lr": these[0]["lr"],
+                         "seeds": len(these), "mean": round(scores.mean(), digits),
+                         "std": round(scores.std(), digits) if len(these) > 1 else math.nan,
+                         "per_seed": " ".join(f"{v:.3f}" if metric == "mcc" else f"{v:.1f}" for v in scores),
+                         "kept / last epochs": " ".join(f"{r['kept_epoch']:g}/{r['last_epoch']:g}" for r in these),
+                         "train_examples": these[0]["train_pairs"], "trainable": these[0]["trainable"],
+                         "stored_mb": these[0]["checkpoint_bytes"] / 1e6})
+    return pd.DataFrame(rows).set_index("task") if rows else pd.DataFrame()
+
+
+def recipe(runs: list[dict], head: str | None, chosen: dict[str, float]) -> dict:
+    """What the study chose and what its reported seeds scored, for 02 to train with and place its run among."""
+    methods = {}
+    for method, lr in chosen.items():
+        seeds = sorted((r for r in runs if task_of(r) == "mrpc" and r["part"] == "seeds" and r["method"] == method
+                        and r["lr"] == lr), key=lambda r: r["seed"])
+        at_rate = seeds or [r for r in runs if task_of(r) == "mrpc" and r["part"] == "grid" and r["method"] == method
+                            and r["lr"] == lr]
+        methods[method] = {
+            "lr": lr, "trainable": at_rate[0]["trainable"],
+            "mean_epochs_run": sum(r["last_epoch"] for r in at_rate) / len(at_rate),
+            "seeds_planned": METHODS[method].seeds,
+            "seeds": [{"seed": r["seed"], "dev_accuracy": 100 * kept(r)["dev_accuracy"],
+                       "dev_f1": 100 * kept(r)["dev_f1"], "validation_mcc": kept(r)["validation_mcc"],
+                       "kept_epoch": r["kept_epoch"], "last_epoch": r["last_epoch"]} for r in seeds]}
+    return {"protocol": runs[0].get("protocol"), "model": OFFLINE_MODEL, "head": head, "select_by": SELECT_BY,
+            "patience": PATIENCE, "max_epochs": MAX_EPOCHS, "methods": methods}
+
+
 def epochs_to(run: dict, accuracy: float) -> int | None:
     """The first epoch whose validation accuracy reaches ``accuracy`` (a fraction); None if none did."""
     return next((int(e["epoch"]) for e in run["log"] if e["validation_accuracy"] >= accuracy - 1e-12), None)
@@ -163,10 +226,11 @@ def report(folder: Path = RESULTS) -> None:
     """Rebuild every table and the plot of ``folder`` from its run files."""
     import pandas as pd
 
-    runs = [r for r in read_runs(folder)]
-    if not runs:
+    every = read_runs(folder)
+    if not every:
         print(f"No run files in {folder / 'runs'} yet.")
         return
+    runs = [r for r in every if task_of(r) == "mrpc"]
     head = choose_head(runs, quick=runs[0].get("quick", False))
     chosen = choose_lrs(runs, head, quick=runs[0].get("quick", False)) if head else {}
     pd.DataFrame([flat(r) for r in runs]).to_csv(folder / "runs.csv", index=False)
@@ -175,7 +239,8 @@ def report(folder: Path = RESULTS) -> None:
                                 ("grid", grid_table(runs, chosen), {"validation MCC": 3, "validation accuracy": 1}),
                                 ("methods", method_table(runs, chosen),
                                  {"acc_mean": 1, "acc_std": 1, "f1_mean": 1, "f1_std": 1, "trainable_pct": 3,
-                                  "checkpoint_mb": 3})):
+                                  "checkpoint_mb": 3}),
+                                ("tasks", task_table(every, chosen), {"stored_mb": 3})):
         if not table.empty:
             table.to_csv(folder / f"{name}.csv")
             (folder / f"{name}.md").write_text(markdown(table, digits))
@@ -197,7 +262,10 @@ def report(folder: Path = RESULTS) -> None:
     if not methods.empty:
         plot_methods(runs, chosen, folder / "methods.png")
         written.append("methods.png")
-    hours = ", ".join(f"{h:.1f} h of {d}" for d, h in sorted(machine_hours(runs).items()))
+    if head and chosen:
+        (folder / "recipe.json").write_text(json.dumps(recipe(runs, head, chosen), indent=1) + "\n")
+        written.append("recipe.json")
+    hours = ", ".join(f"{h:.1f} h of {d}" for d, h in sorted(machine_hours(every).items()))
     print(f"head: {head}; chosen rates: {chosen}; wrote {', '.join(written)} in {folder}; machine time: {hours}")
 
 

@@ -19,7 +19,7 @@ def _run(part, method, head, lr, seed, log, **extra):
                for i, (m, a, d) in enumerate(log)]
     kept = best_entry(entries)["epoch"]
     return {**spec, "name": sr.spec_name(spec), "max_epochs": sr.MAX_EPOCHS, "last_epoch": float(len(log)),
-            "kept_epoch": kept, "kept_at_cap": kept >= sr.MAX_EPOCHS, "trainable": 10, "total": 100,
+            "kept_epoch": kept, "kept_at_cap": kept >= sr.MAX_EPOCHS, "trainable": 10, "total": 100, "train_pairs": 3000,
             "trainable_pct": 10.0, "checkpoint_bytes": 1000, "device": "cpu", "concurrent_runs": 2,
             "wall_seconds": 60.0 * len(log), "validation_majority": 0.67, "log": entries, **extra}
 
@@ -125,6 +125,31 @@ def test_report_writes_every_table_and_counts_a_seed_that_never_reaches(tmp_path
     # seed 0 (the grid's) is not among the reported seeds
     table = rp.method_table(runs, sr.choose_lrs(runs, "mean"))
     assert table.loc["bitfit", "seeds"] == 5 and table.loc["frozen", "seeds"] == 3
+
+
+def test_other_tasks_get_their_own_metric_and_02_gets_the_recipe(tmp_path):
+    runs = _complete_study()
+    chosen = sr.choose_lrs(runs, "mean")
+    for seed, mcc in ((1, 0.40), (2, 0.50), (3, 0.60)):  # CoLA: scored by MCC, no F1 in its log
+        r = _run("task", "bitfit", "mean", chosen["bitfit"], seed, [(0.3, 0.7, 0.7)], task="cola")
+        r["name"] = "cola-" + r["name"]
+        for e in r["log"]:
+            del e["validation_f1"], e["dev_f1"]
+            e["dev_mcc"] = mcc
+        runs.append(r)
+    (tmp_path / "runs").mkdir()
+    for r in runs:
+        (tmp_path / "runs" / f"{r['name']}.json").write_text(json.dumps(r))
+    rp.report(tmp_path)
+    tasks = rp.task_table(runs, chosen)
+    cola = tasks.loc["cola"]
+    assert cola["metric"] == "dev mcc" and cola["mean"] == pytest.approx(0.5) and cola["per_seed"] == "0.400 0.500 0.600"
+    assert set(tasks.loc["mrpc", "method"]) == {"bitfit", "full"}
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    assert recipe["head"] == "mean" and recipe["patience"] == sr.PATIENCE and recipe["max_epochs"] == sr.MAX_EPOCHS
+    bitfit = recipe["methods"]["bitfit"]
+    assert bitfit["lr"] == chosen["bitfit"] and [s["seed"] for s in bitfit["seeds"]] == [1, 2, 3, 4, 5]
+    assert "cola" not in (tmp_path / "methods.md").read_text()  # MRPC's tables hold MRPC's runs only
 
 
 @pytest.mark.slow
