@@ -12,7 +12,8 @@ from typing import Mapping, Sequence
 
 #: The metric that selects: MCC on the validation split carved from train (never dev).
 SELECT_BY = "validation_mcc"
-#: Epochs without a better ``SELECT_BY`` after which training stops (every method, every run).
+#: Epochs without a better ``SELECT_BY`` after which training stops (every method, every run), counted
+#: once the run has left the majority class (``should_stop``).
 PATIENCE = 3
 
 
@@ -35,7 +36,16 @@ def best_entry(log: Sequence[Mapping[str, float]], metric: str = SELECT_BY) -> M
 
 
 def should_stop(log: Sequence[Mapping[str, float]], patience: int | None, metric: str = SELECT_BY) -> bool:
-    """True when the last ``patience`` evaluations brought no better epoch (``None``: never stop early)."""
+    """True when the last ``patience`` evaluations brought no better epoch (``None``: never stop early).
+
+    For an MCC, the count starts once some epoch scored above 0: a run still predicting one class
+    (MCC 0) is on the slow start that bias-only training shows, not past its best, and only the
+    epoch cap stops it. Otherwise a learning rate slower to leave that plateau would be judged by
+    where it stood when patience ran out.
+    """
     if patience is None or not log:
         return False
-    return len([e for e in log if e["epoch"] > best_entry(log, metric)["epoch"]]) >= patience
+    best = best_entry(log, metric)
+    if metric.endswith("mcc") and best[metric] <= 0:
+        return False
+    return len([e for e in log if e["epoch"] > best["epoch"]]) >= patience

@@ -222,6 +222,7 @@ def run_one(spec: dict, quick: bool, jobs: int = 1, out: Path | None = None) -> 
                                    run=spec["name"], kept_epoch=kept_epoch, head=spec["head"],
                                    dev_at_kept=best_entry(log, SELECT_BY))
     return {**spec, "task": task, "protocol": PROTOCOL, "commit": _commit(), "max_epochs": max_epochs, "patience": PATIENCE,
+            "patience_counts_from": "the first epoch with validation MCC above 0",
             "warmup_steps": warmup_steps, "last_epoch": log[-1]["epoch"], "kept_epoch": kept_epoch,
             "kept_at_cap": kept_epoch >= max_epochs, "precision": "float32", "steps": trainer.state.global_step,
             "train_pairs": len(train), "validation_pairs": len(validation), "dev_pairs": len(dev),

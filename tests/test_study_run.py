@@ -43,6 +43,15 @@ def test_training_stops_after_patience_epochs_without_a_better_one():
     assert not should_stop(log, None) and not should_stop(log, 4)
 
 
+def test_patience_counts_only_once_the_run_has_left_the_majority_class():
+    plateau = [{"epoch": float(e), "validation_mcc": 0.0, "validation_accuracy": 0.676} for e in range(1, 8)]
+    assert not should_stop(plateau, 3)  # 7 epochs at MCC 0: only the cap ends it
+    left = plateau + [{"epoch": 8.0, "validation_mcc": 0.2, "validation_accuracy": 0.7}]
+    assert not should_stop(left, 3)
+    flat = [{"epoch": float(e), "validation_mcc": 0.1, "validation_accuracy": 0.7} for e in range(9, 12)]
+    assert should_stop(left + flat, 3)  # 3 epochs after the best (epoch 8), none better
+
+
 def test_keep_best_stops_the_trainer_and_keeps_the_rule_s_epoch():
     from types import SimpleNamespace
 
