@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BITFIT_LINE = re.compile(r"BitFit, lr (?P<lr>\S+), at most (?P<epochs>\d+) epochs: kept epoch (?P<kept>[\d.]+) .*?"
+BITFIT_LINE = re.compile(r"BitFit, lr (?P<lr>\S+), at most (?P<epochs>\d+) epochs: (?:trained [\d.]+, )?kept epoch (?P<kept>[\d.]+) .*?"
                          r"Dev at that epoch: accuracy (?P<acc>[\d.]+), F1 (?P<f1>[\d.]+)\. (?P<train_s>\d+) s")
 MAJORITY_LINE = re.compile(r"always 'equivalent' on dev: accuracy (?P<acc>[\d.]+)")
 PRECISION_LINE = re.compile(r"DEMO precision: (?P<precision>bf16 autocast|float32)")

@@ -86,6 +86,36 @@ def plot_comparison(table, majority: float, title: str):
     return fig
 
 
+def plot_seeds(seeds: dict[str, list[float]], this_run: dict[str, float], majority: float, title: str,
+               source: str = "the study"):
+    """Dev accuracy per method: every seed of ``source`` a dot beside their mean (a bar), this run a red star.
+
+    Args:
+        seeds: method name -> dev accuracy (%) of each of the study's reported seeds (``study_seeds``).
+        this_run: method name -> this run's dev accuracy (%).
+        majority: accuracy (a fraction) of always answering the majority class: a dotted line.
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys([*seeds, *this_run]))
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2.5, 3.4))
+    for i, name in enumerate(names):
+        if seeds.get(name):
+            ax.bar(i, sum(seeds[name]) / len(seeds[name]), width=0.6, color="#cfd8e3",
+                   label=f"{source}: mean over seeds" if i == 0 else None)
+            ax.scatter([i - 0.12] * len(seeds[name]), seeds[name], s=18, color="#1f4e79", zorder=3,
+                       label=f"{source}: one seed" if i == 0 else None)
+        if name in this_run:
+            ax.scatter([i + 0.12], [this_run[name]], marker="*", s=160, color="tab:red", zorder=4,
+                       label="this run" if name == next(iter(this_run)) else None)
+    ax.axhline(100 * majority, color="grey", linestyle=":", linewidth=1, label="majority class")
+    ax.set_xticks(range(len(names)), names)
+    ax.set(title=title, ylabel="dev accuracy (%)", ylim=(50, 100))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def predictions_frame(pairs, probs, true=None, label_names=LABEL_NAMES):
     """A table of sentence pairs with the model's label and p(equivalent); ``true`` labels (0/1) add a column."""
     import pandas as pd

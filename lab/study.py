@@ -1,23 +1,41 @@
-"""The comparison study as 02-Train shows it: the settings it chose, its headline, this run beside it.
+"""The comparison study as 02-Train shows it: the recipe it chose, its headline, this run among its seeds.
 
-The study (``benchmarks/compare_methods.py``) writes its tables into ``results/`` as its runs
-finish; every function here reads whatever is there, and says so when nothing is. The
-sentences are built from the numbers they describe, so they stay true whatever the tables hold.
+The study (``python -m study.run``, protocol 3) writes its tables into ``results/v3/`` as its runs
+finish, ``recipe.json`` among them; protocol 2's tables are in ``results/v2/``. Every function here
+reads whatever is there and says so when nothing is. The sentences are built from the numbers they
+describe, so they stay true whatever the tables hold.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-#: (learning rate, max epochs) per method until the study's grid has chosen; the epochs are the
-#: study's own (``compare_methods.METHODS``), the rates the middle of its grids.
-DEFAULT_SETTINGS: dict[str, tuple[float, int]] = {"frozen": (1e-2, 6), "bitfit": (1e-3, 6), "full": (5e-5, 4)}
+#: Where the study writes (protocol 3), and where protocol 2's tables are kept with their rule.
+STUDY_DIR = "results/v3"
+P2_DIR = "results/v2"
+#: Protocol 2's rule, shown wherever one of its numbers is.
+P2_RULE = "protocol 2: at most 6 epochs (Full FT 4), the tuning seed 0 among the reported seeds"
+
+#: Learning rate per method until the study's grid has chosen one (the middle of each grid).
+DEFAULT_LR: dict[str, float] = {"frozen": 1e-2, "bitfit": 1e-3, "full": 5e-5}
+#: Epochs a run is expected to train before the stopping rule ends it, until the study has measured it.
+EPOCHS_GUESS: dict[str, float] = {"frozen": 10, "bitfit": 11, "full": 7}
+#: The longest any run of 02 trains (the study's cap) and the stopping rule's patience (``lab.selection``).
+MAX_EPOCHS = 20
 
 #: How the notebooks name the study's methods.
 METHOD_NAMES = {"frozen": "Frozen (head only)", "bitfit": "BitFit", "full": "Full FT", "lora": "LoRA",
                 "beft": "BEFT (value)", "beft_all": "BEFT (every Linear)"}
+
+
+def read_recipe(results_dir: str | os.PathLike = STUDY_DIR) -> dict | None:
+    """The study's ``recipe.json`` (head, stopping rule, chosen rates, every reported seed), or None before it exists."""
+    path = Path(results_dir) / "recipe.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def lr_text(rate: float) -> str:
@@ -32,50 +50,27 @@ def kept_text(label: str, trainer, seconds: float) -> str:
     from lab.training import kept_row
 
     kept, args = kept_row(trainer), trainer.args
-    return (f"{label}, lr {lr_text(args.learning_rate)}, at most {args.num_train_epochs:g} epochs: kept epoch "
-            f"{kept.name:g} (validation MCC {kept['eval_validation_mcc']:.3f}). Dev at that epoch: accuracy "
+    last = trainer.state.epoch or 0
+    return (f"{label}, lr {lr_text(args.learning_rate)}, at most {args.num_train_epochs:g} epochs: trained {last:g}, "
+            f"kept epoch {kept.name:g} (validation MCC {kept['eval_validation_mcc']:.3f}). Dev at that epoch: accuracy "
             f"{100 * kept['eval_dev_accuracy']:.1f}, F1 {100 * kept['eval_dev_f1']:.1f}. "
             f"{seconds:.0f} s on this {get_device().type}, evaluations included.")
 
 
-def study_settings(results_dir: str | os.PathLike = "results") -> dict[str, tuple[float, int]]:
-    """The study's chosen ``(learning rate, max epochs)`` per method; ``{}`` before any grid is complete.
-
-    The rate is the grid trial marked ``chosen`` in ``grid.csv`` (chosen on validation MCC); the
-    maximum epochs come from ``methods.csv`` (``max_epochs``), else from ``DEFAULT_SETTINGS``.
-    """
-    import pandas as pd
-
-    folder = Path(results_dir)
-    if not (folder / "grid.csv").is_file():
-        return {}
-    grid = pd.read_csv(folder / "grid.csv")
-    chosen = grid[grid["chosen"].astype(str).str.lower() == "true"]
-    max_epochs: dict[str, int] = {}
-    if (folder / "methods.csv").is_file():
-        table = pd.read_csv(folder / "methods.csv")
-        max_epochs = {m: int(e) for m, e in zip(table["method"], table["max_epochs"])}
-    settings = {}
-    for method, rate in zip(chosen["method"], chosen["lr"]):
-        epochs = max_epochs.get(method) or DEFAULT_SETTINGS.get(method, (None, None))[1]
-        if epochs:
-            settings[method] = (float(rate), int(epochs))
-    return settings
-
-
-def settings_note(settings: dict[str, tuple[float, int]], chosen: dict[str, tuple[float, int]],
-                  results_dir: str | os.PathLike = "results") -> str:
-    """One line per method: its rate and max epochs, and where they come from."""
+def settings_note(lr: dict[str, float], recipe: dict | None, patience: int | None, cap: int,
+                  results_dir: str | os.PathLike = STUDY_DIR) -> str:
+    """One line per method: its rate, the stopping rule, and where the rate comes from."""
+    chosen = (recipe or {}).get("methods", {})
+    rule = f"until validation MCC has not improved for {patience} epochs, at most {cap}" if patience else f"{cap} epochs"
     lines = []
-    for method, (rate, epochs) in settings.items():
-        source = (f"the study's choice ({Path(results_dir) / 'grid.csv'})" if chosen.get(method) == (rate, epochs)
-                  else "this notebook's default: the study has not chosen one yet")
-        lines.append(f"  {METHOD_NAMES.get(method, method):<20} lr {lr_text(rate)}, at most {epochs} epochs  "
-                     f"<- {source}")
-    return "\n".join(lines)
+    for method, rate in lr.items():
+        source = (f"the study's choice ({Path(results_dir) / 'recipe.json'})" if method in chosen
+                  and chosen[method]["lr"] == rate else "this notebook's default: the study has not chosen one yet")
+        lines.append(f"  {METHOD_NAMES.get(method, method):<20} lr {lr_text(rate)}  <- {source}")
+    return "\n".join([*lines, f"  every method trains {rule} (the study's stopping rule, lab.selection)"])
 
 
-def headline(results_dir: str | os.PathLike = "results"):
+def headline(results_dir: str | os.PathLike = STUDY_DIR):
     """The study's headline table (``methods.csv``) in the notebook's words, or None when it is not there."""
     import pandas as pd
 
@@ -83,9 +78,11 @@ def headline(results_dir: str | os.PathLike = "results"):
     if not path.is_file():
         return None
     table = pd.read_csv(path, index_col="method")
+    epochs = ({"kept / last epochs (per seed)": [f"{k} / {l}" for k, l in zip(table["kept_epochs"], table["last_epochs"])]}
+              if "last_epochs" in table else {"max epochs": table["max_epochs"],
+                                              "kept epochs (per seed)": table["kept_epochs"].astype(str)})
     shown = pd.DataFrame({
-        "lr": [lr_text(r) for r in table["lr"]], "max epochs": table["max_epochs"],
-        "kept epochs (per seed)": table["kept_epochs"].astype(str), "trainable %": table["trainable_pct"].round(3),
+        "lr": [lr_text(r) for r in table["lr"]], **epochs, "trainable %": table["trainable_pct"].round(3),
         "checkpoint MB": table["checkpoint_mb"].round(3), "seeds": table["seeds"],
         "dev accuracy": [_mean_std(m, s) for m, s in zip(table["acc_mean"], table["acc_std"])],
         "dev F1": [_mean_std(m, s) for m, s in zip(table["f1_mean"], table["f1_std"])],
@@ -133,12 +130,14 @@ def _spread(std: float, seeds: int) -> str:
     return f"標準差 {std:.1f}，{seeds} 個 seed" if std == std else f"{seeds} 個 seed，還沒有標準差"
 
 
-def headline_sentences(results_dir: str | os.PathLike, majority_accuracy: float, dev_pairs: int) -> list[str]:
+def headline_sentences(results_dir: str | os.PathLike, majority_accuracy: float, dev_pairs: int,
+                       rule: str = "protocol 3") -> list[str]:
     """Three to five sentences of what the study's headline table shows, built from its numbers.
 
     Args:
         majority_accuracy: dev accuracy (%) of predicting the majority class for every pair.
         dev_pairs: pairs in GLUE dev (one pair is ``100 / dev_pairs`` points).
+        rule: the protocol the table was made under, named in the first sentence.
     """
     import pandas as pd
 
@@ -151,7 +150,7 @@ def headline_sentences(results_dir: str | os.PathLike, majority_accuracy: float,
         per_method = pd.read_csv(folder / "grid.csv")["method"].value_counts()
         counts = sorted(set(per_method[per_method.index.isin(table.index)]))
         trials = f"在 {'／'.join(map(str, counts))} 個學習率之間（seed 0）"
-    said = [f"規則（protocol 2）：每個方法{trials}依**驗證集 MCC** 挑學習率與 epoch，dev 只在挑定的那一點量一次；"
+    said = [f"規則（{rule}）：每個方法{trials}依**驗證集 MCC** 挑學習率與 epoch，dev 只在挑定的那一點量一次；"
             f"表中的 dev 數字是各 seed 的平均 ± 標準差（dev 共 {dev_pairs} 對，一對 = {100 / dev_pairs:.2f} 分）。"]
     name = lambda m: METHOD_NAMES.get(m, m)  # noqa: E731
     if {"bitfit", "full"} <= set(table.index):
@@ -212,7 +211,7 @@ def tta_sentences(results_dir: str | os.PathLike = "results") -> list[str]:
         run = runs[method]
         return f"{seconds:.0f} 秒" if seconds == seconds else f"{len(run['log'])} 個 epoch 內沒到"
 
-    said = [f"在這台 CPU 上各自單獨訓練一次（{b['device']}，{b['threads']} 個執行緒，torch {b['torch']}）。"]
+    said = [f"{P2_RULE}；只有 seed 0。在研究的機器上（不是你這台）各自單獨訓練一次（{b['device']}，{b['threads']} 個執行緒，torch {b['torch']}）。"]
     for target, label in (("majority_plus_5", "多數類加 5 分"), ("full_ft_best", "Full FT 的最好成績")):
         row = table.loc[target]
         ratio = f"，BitFit / Full FT = {row.ratio:.2f}" if not math.isnan(row.ratio) else ""
@@ -228,31 +227,31 @@ def tta_sentences(results_dir: str | os.PathLike = "results") -> list[str]:
     return said
 
 
-def same_recipe_seeds(results_dir: str | os.PathLike, table) -> dict[str, list[float]]:
-    """The study's dev accuracy per seed for each row of ``table`` that ran the study's recipe.
+def study_seeds(recipe: dict | None, table=None) -> dict[str, list[float]]:
+    """The study's dev accuracy per reported seed, by the notebook's method names.
 
-    A row is the study's recipe when it has the study's chosen rate and most epochs and as many trainable
-    parameters (so the same model). Rows of the demo, quick mode or another model match nothing.
-
-    Args:
-        table: 02's section 6 table (:func:`comparison_table`).
+    With ``table`` (02's section 6, :func:`comparison_table`), only the rows that ran the study's
+    recipe: the same rate, the same stopping rule and cap, and as many trainable parameters (so the
+    same model). Rows of the demo, quick mode or another model match nothing.
 
     Returns:
-        ``{name in the table: [dev accuracy of every study seed]}``; ``{}`` before ``methods.csv`` exists.
+        ``{name: [dev accuracy of every reported seed]}``; ``{}`` before the study has any.
     """
-    import pandas as pd
-
-    path = Path(results_dir) / "methods.csv"
-    if not path.is_file():
+    if not recipe:
         return {}
-    study = pd.read_csv(path, index_col="method")
     found = {}
-    for method, name in METHOD_NAMES.items():
-        if method in study.index and name in table.index:
-            s, row = study.loc[method], table.loc[name]
-            if (lr_text(float(s.lr)), int(s.max_epochs), int(s.trainable)) == (row.lr, int(row.max_epochs),
-                                                                                 int(row.trainable)):
-                found[name] = [float(a) for a in str(s.acc_per_seed).split()]
+    for method, facts in recipe["methods"].items():
+        name = METHOD_NAMES.get(method, method)
+        if not facts["seeds"]:
+            continue
+        if table is not None:
+            if name not in table.index:
+                continue
+            row = table.loc[name]
+            if (lr_text(facts["lr"]), recipe["max_epochs"], recipe["patience"], facts["trainable"]) != (
+                    row.lr, int(row.max_epochs), int(row.patience), int(row.trainable)):
+                continue
+        found[name] = [s["dev_accuracy"] for s in facts["seeds"]]
     return found
 
 
@@ -261,37 +260,36 @@ def _placed(value: float, seeds: list[float]) -> str:
     return f"{value:.1f}，{where}研究同一設定 {len(seeds)} 個 seed 的範圍（{min(seeds):.1f}–{max(seeds):.1f}）"
 
 
-def this_run_sentences(table, majority_accuracy: float, dev_pairs: int,
-                       results_dir: str | os.PathLike | None = None) -> list[str]:
+def this_run_sentences(table, majority_accuracy: float, dev_pairs: int, recipe: dict | None = None) -> list[str]:
     """What 02's own comparison (one seed, one run) shows, from its table and, when given, the study's seeds.
 
     Args:
         table: one row per method (index: ``METHOD_NAMES`` values) with columns ``lr``, ``max_epochs``,
             ``steps``, ``kept_epoch``, ``trainable``, ``dev_accuracy``, ``train_s``.
-        results_dir: the study's tables: this run's scores are placed among the study's seeds of the same
-            recipe (:func:`same_recipe_seeds`).
+        recipe: the study's ``recipe.json``: this run's scores are placed among the study's seeds of the
+            same recipe (:func:`study_seeds`).
     """
     said = []
-    steps = dict(zip(table.index, table["steps"]))
-    epochs = dict(zip(table.index, table["max_epochs"]))
-    if len(set(epochs.values())) > 1 or len(set(steps.values())) > 1:
-        said.append("各方法的訓練量不同（" + "、".join(f"{m} 最多 {epochs[m]:g} 個 epoch、{steps[m]} 步" for m in table.index)
-                    + "）：各自用它的設定，不是同樣的步數。")
+    if "epochs_run" in table and table["patience"].max() > 0:
+        said.append("每個方法照同一個停止規則訓練（validation MCC 連續 " + f"{int(table['patience'].max())} 個 epoch 沒進步就停）："
+                    + "、".join(f"{m} 跑了 {r.epochs_run:g} 個 epoch、留下第 {r.kept_epoch:g} 個" for m, r in table.iterrows())
+                    + "。")
     if {"BitFit", "Full FT"} <= set(table.index):
         b, f = table.loc["BitFit"], table.loc["Full FT"]
         gap = b.dev_accuracy - f.dev_accuracy
         said.append(f"這次執行（一個 seed）BitFit 的 dev accuracy {b.dev_accuracy:.1f}、Full FT {f.dev_accuracy:.1f}，"
                     f"差 {gap:+.1f} 分 = {abs(gap) * dev_pairs / 100:.0f} 對。")
-        seeds = same_recipe_seeds(results_dir, table) if results_dir is not None else {}
+        seeds = study_seeds(recipe, table)
         if {"BitFit", "Full FT"} <= set(seeds):
             study_gap = sum(seeds["BitFit"]) / len(seeds["BitFit"]) - sum(seeds["Full FT"]) / len(seeds["Full FT"])
             said.append(f"放進研究裡看：BitFit {_placed(b.dev_accuracy, seeds['BitFit'])}；Full FT "
-                        f"{_placed(f.dev_accuracy, seeds['Full FT'])}。研究的平均差是 {study_gap:+.1f} 分（第 7 節）："
+                        f"{_placed(f.dev_accuracy, seeds['Full FT'])}。研究各 seed 的平均差是 {study_gap:+.1f} 分："
                         "一個 seed 的差距不代表兩個方法之間的差距。")
         else:
-            said.append("一個 seed 的差距說不出哪個方法比較好：同樣調參、多個 seed 的結果在第 7 節。")
-        said.append(f"訓練時間（不含評估）：BitFit {b.train_s:.0f} s（{b.train_s / b.max_epochs:.0f} s／epoch），"
-                    f"Full FT {f.train_s:.0f} s（{f.train_s / f.max_epochs:.0f} s／epoch）。")
+            said.append("研究還沒有同一設定、同一模型的 seed 可以比（圖中只有這次的點）：一個 seed 的差距說不出哪個方法比較好。")
+        run_epochs = lambda r: r.epochs_run if "epochs_run" in r and r.epochs_run else r.max_epochs  # noqa: E731
+        said.append(f"訓練時間（不含評估）：BitFit {b.train_s:.0f} s（{b.train_s / run_epochs(b):.0f} s／epoch），"
+                    f"Full FT {f.train_s:.0f} s（{f.train_s / run_epochs(f):.0f} s／epoch）。")
     if list(table.index) == ["BitFit"]:
         b = table.loc["BitFit"]
         said.append(f"只訓練了 BitFit（示範模式）：dev accuracy {b.dev_accuracy:.1f}，全部猜 equivalent 是 "
@@ -307,68 +305,55 @@ def this_run_sentences(table, majority_accuracy: float, dev_pairs: int,
 # ----- 02's run settings: the study's choice or the defaults, and what QUICK and DEMO change -------------------
 
 #: The instructor demo on a CPU (``BITFIT_DEMO=1``): the offline model, half the pairs per step, BitFit at the
-#: study's rate for 4 epochs (the fewest measured to leave the majority class), no Frozen and no Full FT (section 7
-#: shows the study's), and bf16 autocast where the CPU computes bf16 in hardware. Designed for <= 6 minutes of 02
-#: on a 2-core CPU (see ``run_settings``).
+#: study's rate for 4 epochs with no early stop, no Frozen and no Full FT (section 6 shows the study's seeds),
+#: and bf16 autocast where the CPU computes bf16 in hardware. Designed for <= 6 minutes of 02 on a 2-core
+#: CPU; ``benchmarks/time_demo.py`` measures it (results/demo_cpu.json).
 DEMO_CPU = {"batch_size": 16, "epochs": {"bitfit": 4}, "bitfit_lr": 1e-3, "section_6": [], "bf16": True}
 
 
 @dataclass
 class RunSettings:
-    """What 02 trains: learning rate and most epochs per method, batch, training pairs, model; ``note`` says why."""
+    """What 02 trains: rate, epoch cap and expected epochs per method, stopping rule, batch, pairs, model; ``note`` says why."""
 
     lr: dict[str, float]
-    epochs: dict[str, int]
+    epochs: dict[str, int]  # the most epochs a training may run
     batch_size: int
     train_subset: int | None  # None: every training pair
     model_name: str | None
     section_6: list[str]  # trained in section 6 beside section 3's BitFit
     note: str
     bf16: bool = False  # bf16 autocast (mixed precision) for every training: the CPU demo, on a CPU with native bf16
+    patience: int | None = None  # stop after this many epochs without a better validation MCC (None: run every epoch)
+    expected_epochs: dict[str, float] = field(default_factory=dict)  # for the time forecast: where the rule stops
 
 
 def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
-                 results_dir: str | os.PathLike = "results", batch_size: int = 32) -> RunSettings:
-    """02's settings: the study's chosen (lr, max epochs) where it has chosen, else ``DEFAULT_SETTINGS``.
+                 results_dir: str | os.PathLike = STUDY_DIR, batch_size: int = 32) -> RunSettings:
+    """02's settings: the study's recipe (chosen rate, stopping rule) where it has chosen, else the defaults.
 
-    ``quick`` (CI): 256 training pairs, one epoch each. ``demo`` on a CPU: ``DEMO_CPU``, with every
-    trade printed in ``note``; on a GPU the demo changes nothing. The note names each setting's source.
-
-    The demo's budget, from per-epoch times measured on an idle 2-core CPU with 2 threads (BitFit about
-    65 s, Full FT about 100 s an epoch of MRPC train at batch 32): BitFit gets 4 epochs at batch 16 (828 steps),
-    about the compute of 2 epochs at batch 32; Frozen and Full FT are left to the study's table. Why: BitFit on
-    the offline MiniLM sits on the majority-class plateau for its first epochs (its pooler was never trained).
-    Measured idle with ``benchmarks/time_demo.py`` (seed 42): 3 BitFit epochs at batch 16 plus 1 of Frozen took
-    302 s, BitFit dev accuracy 71.3 (it left the plateau in epoch 3); 4 epochs at batch 32 took 384 s, BitFit
-    still at the majority class (68.1). Runs of BitFit alone (seed 42, on a CPU shared with other jobs, so only
-    their scores count) left it no sooner at lr 2e-3 (batch 16, 3 epochs: 69.6), 3e-3 (batch 32: 68.4), batch 8
-    for 3 epochs (68.9), without warm-up (71.1), or with a head at lr 1e-2 beside biases at 1e-3 (seeds 42 and
-    0: validation MCC about 0.2, dev 70.6 and 70.3); batch 16 for 4 epochs kept epoch 4 (validation MCC 0.45),
-    dev accuracy 76.0. That design measured 346 s once, then 373 s and 380 s on later days (on the 373 s day the
-    same idle VM ran 02's full BitFit at 78 s an epoch instead of 70 s): the margin to 6 minutes is within the
-    CPU's own variation.
-    Three cheaper designs failed the accuracy there (seed 42): batch 12 for 3 epochs (the same 828 steps, 288 s
-    of training) kept dev 71.1, batch 16 for 4 epochs on 2,900 of the 3,301 pairs 66.7, and batch 16 for 3.5
-    epochs (317 s of training) kept epoch 3, dev 71.1. Evaluation is not where the time goes: Trainer already
-    groups the evaluation batches by length, and outside its training steps the study's BitFit
-    time-to-accuracy run spent 57 of its 483 s (evaluations and loading, 6 epochs).
-    What gave the margin is precision: on a CPU with bf16 instructions (AVX512-BF16 or AMX, ``cpu_has_native_bf16``)
-    the demo trains under bf16 autocast (the weights stay float32). The same design, seed 42, alone on the idle VM
-    (AVX512-BF16): ``trainer.train()`` took 261 s with its evaluations (float32, in the 380 s demo: 363 s), and kept
-    epoch 4 with dev accuracy 76.0, as in float32; seed 0 also kept epoch 4, dev 75.7. On a CPU without those
-    instructions the demo keeps float32, and its note says so.
-    results/demo_cpu.json holds the latest measurement of the current design.
+    The expected epochs (for section 0's forecast) are the mean epochs the study's runs of that rate
+    trained before the rule stopped them, else ``EPOCHS_GUESS``. ``quick`` (CI): 256 training pairs, one
+    epoch each. ``demo`` on a CPU: ``DEMO_CPU``, with every trade printed in ``note``; on a GPU the demo
+    changes nothing. The note names each setting's source.
     """
     from lab.models import OFFLINE_MODEL, cpu_has_native_bf16
+    from lab.selection import PATIENCE
 
-    chosen = study_settings(results_dir)
-    settings = {m: chosen.get(m, DEFAULT_SETTINGS[m]) for m in ("bitfit", "frozen", "full")}
-    lr = {m: rate for m, (rate, _) in settings.items()}
-    epochs = {m: n for m, (_, n) in settings.items()}
-    lines = ["Learning rate and most epochs per method:", settings_note(settings, chosen, results_dir)]
+    recipe = read_recipe(results_dir)
+    chosen = (recipe or {}).get("methods", {})
+    methods = ("bitfit", "frozen", "full")
+    lr = {m: chosen[m]["lr"] if m in chosen else DEFAULT_LR[m] for m in methods}
+    cap = (recipe or {}).get("max_epochs", MAX_EPOCHS)
+    patience = (recipe or {}).get("patience", PATIENCE)
+    epochs = {m: cap for m in methods}
+    expected = {m: chosen[m]["mean_epochs_run"] if m in chosen else EPOCHS_GUESS[m] for m in methods}
+    lines = ["Learning rate per method and the stopping rule:", settings_note(lr, recipe, patience, cap, results_dir),
+             "Section 0 forecasts each training for the epochs the rule is expected to let it run: "
+             + ", ".join(f"{METHOD_NAMES[m]} ~{expected[m]:.0f}" for m in methods)
+             + (" (the mean of the study's runs at these rates)." if chosen else " (a guess until the study has runs).")]
     subset, section_6, bf16 = None, ["frozen", "full"], False
     if quick:
-        subset, epochs = 256, {m: 1 for m in epochs}
+        subset, epochs, expected, patience = 256, {m: 1 for m in methods}, {m: 1 for m in methods}, None
         lines.append(f"QUICK: {subset} training pairs, 1 epoch per method; the scores only show that the code runs.")
     elif demo and device != "cpu":
         lines.append("DEMO on a GPU: the settings above run unchanged (section 0 estimates their time here).")
@@ -378,29 +363,51 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
         lines.append(
             f"DEMO on a CPU trades away: model {model_name}; "
             + (f"batch {d['batch_size']} instead of {batch_size}; " if d["batch_size"] != batch_size else "")
-            + f"BitFit at lr {lr_text(d['bitfit_lr'])} for at most {d['epochs']['bitfit']} epochs (not {epochs['bitfit']}); "
-            + ("Frozen and Full FT are not trained (section 7 shows the study's tuned ones; 03's section 6 needs the "
+            + f"BitFit at lr {lr_text(d['bitfit_lr'])} for {d['epochs']['bitfit']} epochs, no early stop (not the "
+              "stopping rule above); "
+            + ("Frozen and Full FT are not trained (section 6 shows the study's seeds; 03's section 6 needs the "
                "Frozen pack that only the full settings write). " if not d["section_6"] else "")
             + "One seed, fewer steps: lower and noisier scores than the full settings.")
         bf16 = d["bf16"] and cpu_has_native_bf16()
         if d["bf16"]:
-            lines.append("DEMO precision: bf16 autocast instead of float32 (this CPU computes bf16 in hardware; the "
-                         "weights stay float32)." if bf16 else "DEMO precision: float32 (this CPU has no bf16 "
-                         "instructions, AVX512-BF16 or AMX, that would make bf16 autocast faster).")
-        batch_size, section_6 = d["batch_size"], list(d["section_6"])
+            lines.append("DEMO precision: bf16 autocast instead of float32 (bf16 is a 16-bit float format; this CPU "
+                         "computes it in hardware; the weights stay float32)." if bf16 else "DEMO precision: float32 "
+                         "(this CPU has no bf16 instructions, AVX512-BF16 or AMX, that would make the 16-bit bf16 "
+                         "format faster).")
+        batch_size, section_6, patience = d["batch_size"], list(d["section_6"]), None
         epochs, lr = {**epochs, **d["epochs"]}, {**lr, "bitfit": d["bitfit_lr"]}
-    return RunSettings(lr, epochs, batch_size, subset, model_name, section_6, "\n".join(lines), bf16)
+        expected = {**expected, **d["epochs"]}
+    return RunSettings(lr, epochs, batch_size, subset, model_name, section_6, "\n".join(lines), bf16, patience,
+                       expected)
 
 
 def planned_trainings(run: RunSettings, train_pairs: int, eval_pairs: int):
-    """02's trainings in order: section 3's BitFit, section 6's methods, exercise 3 (one BitFit epoch)."""
+    """02's trainings in order: section 3's BitFit, section 6's methods, exercise 3 (one BitFit epoch).
+
+    Each is planned for the epochs the stopping rule is expected to let it run (``run.expected_epochs``).
+    """
     from lab.training import plan_training
 
     n = run.train_subset or train_pairs
-    return [plan_training("section 3: BitFit", "bitfit", n, run.batch_size, run.epochs["bitfit"], eval_pairs),
-            *(plan_training(f"section 6: {METHOD_NAMES[m]}", m, n, run.batch_size, run.epochs[m], eval_pairs)
+    epochs = {m: min(run.epochs[m], math.ceil(run.expected_epochs.get(m, run.epochs[m]))) for m in run.epochs}
+    return [plan_training("section 3: BitFit", "bitfit", n, run.batch_size, epochs["bitfit"], eval_pairs),
+            *(plan_training(f"section 6: {METHOD_NAMES[m]}", m, n, run.batch_size, epochs[m], eval_pairs)
               for m in run.section_6),
             plan_training("exercise 3", "bitfit", n, run.batch_size, 1, eval_pairs)]
+
+
+def forecast(model, tokenizer, splits, run: RunSettings, max_length: int = 128):
+    """02's time forecast (its section 0; 01 shows it too): a few measured steps times 02's planned trainings.
+
+    Returns:
+        ``(costs, plans, text)``: the measured ``StepCosts``, the ``planned_trainings`` and what to print.
+    """
+    from lab.training import measure_step_costs, time_estimate_text
+
+    plans = planned_trainings(run, len(splits["train"]), len(splits["validation"]) + len(splits["dev"]))
+    costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit", *run.section_6), batch_size=run.batch_size,
+                               max_length=max_length, bf16=run.bf16)
+    return costs, plans, time_estimate_text(costs, plans, model.name_or_path, optional=("exercise 3",))
 
 
 def comparison_table(trainers: dict, run: RunSettings):
@@ -414,7 +421,7 @@ def comparison_table(trainers: dict, run: RunSettings):
     for method, trainer in trainers.items():
         row, (trainable, total) = kept_row(trainer), count_parameters(trainer.model)
         rows.append({"method": METHOD_NAMES[method], "lr": lr_text(run.lr[method]), "max_epochs": run.epochs[method],
-                     "steps": trainer.state.global_step, "kept_epoch": row.name, "trainable": trainable,
+                     "patience": run.patience or 0, "epochs_run": trainer.state.epoch, "steps": trainer.state.global_step, "kept_epoch": row.name, "trainable": trainable,
                      "trainable_%": 100 * trainable / total, "validation_mcc": row["eval_validation_mcc"],
                      "dev_accuracy": 100 * row["eval_dev_accuracy"], "dev_f1": 100 * row["eval_dev_f1"],
                      "train_s": history_frame(trainer)["train_seconds"].iloc[-1]})

