@@ -18,7 +18,7 @@ import bitfit_utils as bu  # noqa: E402
 from lab import packs  # noqa: E402
 from lab.data import load_mrpc, selection_splits, training_sets  # noqa: E402
 from lab.models import get_device, load_model  # noqa: E402
-from lab.study import run_settings  # noqa: E402
+from lab.recipe import run_settings  # noqa: E402
 from lab.training import kept_row, make_trainer, set_seed, timer  # noqa: E402
 
 

@@ -9,7 +9,8 @@
 - ``lab.analysis``: training curves, bias changes, sizes and latency.
 - ``lab.packs``: bias packs: save, read and load the trained biases and head of one task.
 - ``lab.methods``: the methods compared with BitFit: frozen and full baselines, LoRA, BEFT (peft).
-- ``lab.study``: 02's run settings (the study's choice or defaults; QUICK, DEMO), the study's headline.
+- ``lab.recipe``: what 02 trains (the study's recipe or the defaults; QUICK, DEMO) and how long it takes.
+- ``lab.study``: the study as 02 shows it: its headline, this run among its seeds.
 - ``lab.families``: where the biases sit in architectures other than BERT's (registered with
   ``bitfit_utils`` when imported; the modules that handle models import it).
 - ``lab.checks``: the self-checks of the exercises.

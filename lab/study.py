@@ -8,41 +8,15 @@ describe, so they stay true whatever the tables hold.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Where the study writes (protocol 3), and where protocol 2's tables are kept with their rule.
-STUDY_DIR = "results/v3"
+from lab.recipe import METHOD_NAMES, STUDY_DIR, RunSettings, lr_text
+
+#: Where protocol 2's tables are kept with their rule.
 P2_DIR = "results/v2"
 #: Protocol 2's rule, shown wherever one of its numbers is.
 P2_RULE = "protocol 2: at most 6 epochs (Full FT 4), the tuning seed 0 among the reported seeds"
-
-#: Learning rate per method until the study's grid has chosen one (the middle of each grid).
-DEFAULT_LR: dict[str, float] = {"frozen": 1e-2, "bitfit": 1e-3, "full": 5e-5}
-#: Epochs a run is expected to train before the stopping rule ends it, until the study has measured it.
-EPOCHS_GUESS: dict[str, float] = {"frozen": 10, "bitfit": 11, "full": 7}
-#: The longest any run of 02 trains (the study's cap) and the stopping rule's patience (``lab.selection``).
-MAX_EPOCHS = 20
-
-#: How the notebooks name the study's methods.
-METHOD_NAMES = {"frozen": "Frozen (head only)", "bitfit": "BitFit", "full": "Full FT", "lora": "LoRA",
-                "beft": "BEFT (value)", "beft_all": "BEFT (every Linear)"}
-
-
-def read_recipe(results_dir: str | os.PathLike = STUDY_DIR) -> dict | None:
-    """The study's ``recipe.json`` (head, stopping rule, chosen rates, every reported seed), or None before it exists."""
-    path = Path(results_dir) / "recipe.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def lr_text(rate: float) -> str:
-    """A learning rate as people write it: 0.001 -> 1e-3, 5e-05 -> 5e-5, 0.01 -> 1e-2."""
-    mantissa, exponent = f"{rate:e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
 
 def kept_text(label: str, trainer, seconds: float) -> str:
     """02's line on a finished run: its rate and epochs, the epoch it kept, dev there, and its wall time."""
@@ -55,19 +29,6 @@ def kept_text(label: str, trainer, seconds: float) -> str:
             f"kept epoch {kept.name:g} (validation MCC {kept['eval_validation_mcc']:.3f}). Dev at that epoch: accuracy "
             f"{100 * kept['eval_dev_accuracy']:.1f}, F1 {100 * kept['eval_dev_f1']:.1f}. "
             f"{seconds:.0f} s on this {get_device().type}, evaluations included.")
-
-
-def settings_note(lr: dict[str, float], recipe: dict | None, patience: int | None, cap: int,
-                  results_dir: str | os.PathLike = STUDY_DIR) -> str:
-    """One line per method: its rate, the stopping rule, and where the rate comes from."""
-    chosen = (recipe or {}).get("methods", {})
-    rule = f"until validation MCC has not improved for {patience} epochs, at most {cap}" if patience else f"{cap} epochs"
-    lines = []
-    for method, rate in lr.items():
-        source = (f"the study's choice ({Path(results_dir) / 'recipe.json'})" if method in chosen
-                  and chosen[method]["lr"] == rate else "this notebook's default: the study has not chosen one yet")
-        lines.append(f"  {METHOD_NAMES.get(method, method):<20} lr {lr_text(rate)}  <- {source}")
-    return "\n".join([*lines, f"  every method trains {rule} (the study's stopping rule, lab.selection)"])
 
 
 def headline(results_dir: str | os.PathLike = STUDY_DIR):
@@ -304,110 +265,14 @@ def this_run_sentences(table, majority_accuracy: float, dev_pairs: int, recipe: 
 
 # ----- 02's run settings: the study's choice or the defaults, and what QUICK and DEMO change -------------------
 
-#: The instructor demo on a CPU (``BITFIT_DEMO=1``): the offline model, half the pairs per step, BitFit at the
-#: study's rate for 4 epochs with no early stop, no Frozen and no Full FT (section 6 shows the study's seeds),
-#: and bf16 autocast where the CPU computes bf16 in hardware. Designed for <= 6 minutes of 02 on a 2-core
-#: CPU; ``benchmarks/time_demo.py`` measures it (results/demo_cpu.json).
-DEMO_CPU = {"batch_size": 16, "epochs": {"bitfit": 4}, "bitfit_lr": 1e-3, "section_6": [], "bf16": True}
+def show_among_seeds(table, recipe: dict | None, majority: float, dev_pairs: int, title: str):
+    """02's section 6: this run among the study's reported seeds (``plot_seeds``), and the sentences placing it."""
+    from lab.analysis import plot_seeds
 
-
-@dataclass
-class RunSettings:
-    """What 02 trains: rate, epoch cap and expected epochs per method, stopping rule, batch, pairs, model; ``note`` says why."""
-
-    lr: dict[str, float]
-    epochs: dict[str, int]  # the most epochs a training may run
-    batch_size: int
-    train_subset: int | None  # None: every training pair
-    model_name: str | None
-    section_6: list[str]  # trained in section 6 beside section 3's BitFit
-    note: str
-    bf16: bool = False  # bf16 autocast (mixed precision) for every training: the CPU demo, on a CPU with native bf16
-    patience: int | None = None  # stop after this many epochs without a better validation MCC (None: run every epoch)
-    expected_epochs: dict[str, float] = field(default_factory=dict)  # for the time forecast: where the rule stops
-
-
-def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
-                 results_dir: str | os.PathLike = STUDY_DIR, batch_size: int = 32) -> RunSettings:
-    """02's settings: the study's recipe (chosen rate, stopping rule) where it has chosen, else the defaults.
-
-    The expected epochs (for section 0's forecast) are the mean epochs the study's runs of that rate
-    trained before the rule stopped them, else ``EPOCHS_GUESS``. ``quick`` (CI): 256 training pairs, one
-    epoch each. ``demo`` on a CPU: ``DEMO_CPU``, with every trade printed in ``note``; on a GPU the demo
-    changes nothing. The note names each setting's source.
-    """
-    from lab.models import OFFLINE_MODEL, cpu_has_native_bf16
-    from lab.selection import PATIENCE
-
-    recipe = read_recipe(results_dir)
-    chosen = (recipe or {}).get("methods", {})
-    methods = ("bitfit", "frozen", "full")
-    lr = {m: chosen[m]["lr"] if m in chosen else DEFAULT_LR[m] for m in methods}
-    cap = (recipe or {}).get("max_epochs", MAX_EPOCHS)
-    patience = (recipe or {}).get("patience", PATIENCE)
-    epochs = {m: cap for m in methods}
-    expected = {m: chosen[m]["mean_epochs_run"] if m in chosen else EPOCHS_GUESS[m] for m in methods}
-    lines = ["Learning rate per method and the stopping rule:", settings_note(lr, recipe, patience, cap, results_dir),
-             "Section 0 forecasts each training for the epochs the rule is expected to let it run: "
-             + ", ".join(f"{METHOD_NAMES[m]} ~{expected[m]:.0f}" for m in methods)
-             + (" (the mean of the study's runs at these rates)." if chosen else " (a guess until the study has runs).")]
-    subset, section_6, bf16 = None, ["frozen", "full"], False
-    if quick:
-        subset, epochs, expected, patience = 256, {m: 1 for m in methods}, {m: 1 for m in methods}, None
-        lines.append(f"QUICK: {subset} training pairs, 1 epoch per method; the scores only show that the code runs.")
-    elif demo and device != "cpu":
-        lines.append("DEMO on a GPU: the settings above run unchanged (section 0 estimates their time here).")
-    elif demo:
-        model_name = model_name or OFFLINE_MODEL
-        d = DEMO_CPU
-        lines.append(
-            f"DEMO on a CPU trades away: model {model_name}; "
-            + (f"batch {d['batch_size']} instead of {batch_size}; " if d["batch_size"] != batch_size else "")
-            + f"BitFit at lr {lr_text(d['bitfit_lr'])} for {d['epochs']['bitfit']} epochs, no early stop (not the "
-              "stopping rule above); "
-            + ("Frozen and Full FT are not trained (section 6 shows the study's seeds; 03's section 6 needs the "
-               "Frozen pack that only the full settings write). " if not d["section_6"] else "")
-            + "One seed, fewer steps: lower and noisier scores than the full settings.")
-        bf16 = d["bf16"] and cpu_has_native_bf16()
-        if d["bf16"]:
-            lines.append("DEMO precision: bf16 autocast instead of float32 (bf16 is a 16-bit float format; this CPU "
-                         "computes it in hardware; the weights stay float32)." if bf16 else "DEMO precision: float32 "
-                         "(this CPU has no bf16 instructions, AVX512-BF16 or AMX, that would make the 16-bit bf16 "
-                         "format faster).")
-        batch_size, section_6, patience = d["batch_size"], list(d["section_6"]), None
-        epochs, lr = {**epochs, **d["epochs"]}, {**lr, "bitfit": d["bitfit_lr"]}
-        expected = {**expected, **d["epochs"]}
-    return RunSettings(lr, epochs, batch_size, subset, model_name, section_6, "\n".join(lines), bf16, patience,
-                       expected)
-
-
-def planned_trainings(run: RunSettings, train_pairs: int, eval_pairs: int):
-    """02's trainings in order: section 3's BitFit, section 6's methods, exercise 3 (one BitFit epoch).
-
-    Each is planned for the epochs the stopping rule is expected to let it run (``run.expected_epochs``).
-    """
-    from lab.training import plan_training
-
-    n = run.train_subset or train_pairs
-    epochs = {m: min(run.epochs[m], math.ceil(run.expected_epochs.get(m, run.epochs[m]))) for m in run.epochs}
-    return [plan_training("section 3: BitFit", "bitfit", n, run.batch_size, epochs["bitfit"], eval_pairs),
-            *(plan_training(f"section 6: {METHOD_NAMES[m]}", m, n, run.batch_size, epochs[m], eval_pairs)
-              for m in run.section_6),
-            plan_training("exercise 3", "bitfit", n, run.batch_size, 1, eval_pairs)]
-
-
-def forecast(model, tokenizer, splits, run: RunSettings, max_length: int = 128):
-    """02's time forecast (its section 0; 01 shows it too): a few measured steps times 02's planned trainings.
-
-    Returns:
-        ``(costs, plans, text)``: the measured ``StepCosts``, the ``planned_trainings`` and what to print.
-    """
-    from lab.training import measure_step_costs, time_estimate_text
-
-    plans = planned_trainings(run, len(splits["train"]), len(splits["validation"]) + len(splits["dev"]))
-    costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit", *run.section_6), batch_size=run.batch_size,
-                               max_length=max_length, bf16=run.bf16)
-    return costs, plans, time_estimate_text(costs, plans, model.name_or_path, optional=("exercise 3",))
+    seeds = study_seeds(recipe)
+    fig = plot_seeds({n: seeds[n] for n in table.index if n in seeds}, dict(table["dev_accuracy"]), majority, title)
+    print("\n".join(f"* {s}" for s in this_run_sentences(table, 100 * majority, dev_pairs, recipe)))
+    return fig
 
 
 def comparison_table(trainers: dict, run: RunSettings):
@@ -428,15 +293,3 @@ def comparison_table(trainers: dict, run: RunSettings):
     return pd.DataFrame(rows).set_index("method")
 
 
-def exercise_3_text(costs, run: RunSettings, splits, model_name: str, bitfit_run) -> str:
-    """What 02's exercise 3 is compared with, and how long its one epoch takes here (from section 0's costs).
-
-    ``bitfit_run`` is section 3's trainer, or the path of its pack after a kernel restart.
-    """
-    from lab.training import estimate_trainings
-
-    eval_pairs = len(splits["validation"]) + len(splits["dev"])
-    seconds = estimate_trainings(costs, planned_trainings(run, len(splits["train"]), eval_pairs))["exercise 3"]
-    compared_with = str(bitfit_run) if isinstance(bitfit_run, (str, os.PathLike)) else "section 3"
-    return (f"Exercise 3 is compared with {compared_with}; it trains one epoch: about {seconds / 60:.1f} min "
-            f"with {model_name} on this {costs.device}.")

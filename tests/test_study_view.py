@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from lab.study import DEFAULT_LR, EPOCHS_GUESS, MAX_EPOCHS, headline, headline_sentences, lr_text, read_recipe, \
-    settings_note, study_seeds, this_run_sentences, tta_sentences
+from lab.recipe import DEFAULT_LR, EPOCHS_GUESS, MAX_EPOCHS, lr_text, read_recipe, settings_note
+from lab.study import headline, headline_sentences, study_seeds, this_run_sentences, tta_sentences
 
 
 def fake_recipe(folder, seeds=None):
@@ -157,7 +157,7 @@ def test_lr_text(rate, text):
 
 # -- 02's run settings -------------------------------------------------------------------------
 
-from lab.study import DEMO_CPU, planned_trainings, run_settings  # noqa: E402
+from lab.recipe import DEMO_CPU, planned_trainings, run_settings  # noqa: E402
 
 
 def test_full_settings_come_from_the_study_or_the_defaults(tmp_path):

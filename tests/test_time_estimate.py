@@ -112,7 +112,7 @@ def test_one_step_slowed_by_another_program_does_not_count(model, tokenizer, mon
 def test_exercise_3_text_times_one_bitfit_epoch_and_names_what_it_is_compared_with(tmp_path):
     from pathlib import Path
 
-    from lab.study import exercise_3_text, run_settings
+    from lab.recipe import exercise_3_text, run_settings
 
     run = run_settings(False, False, "m", "cpu", tmp_path)  # batch 32
     splits = {"train": range(320), "validation": range(40), "dev": range(60)}
