@@ -33,7 +33,7 @@ import torch
 import bitfit_utils as bu
 from lab import packs
 from lab.models import load_model, predict
-from lab.training import history_frame, make_trainer, run_facts, set_seed
+from lab.training import history_frame, run_facts
 
 
 @dataclass
@@ -463,24 +463,3 @@ def check_wrong_pair(model: torch.nn.Module, tokenizer, pair: Sequence[str] | No
                                "overlap but whose meaning differs: swap who did what, change a number, add 'not'.")
     return _verdict(True, f"the model says {predicted[0]} ({p_text}), you say {label}.",
                     predicted=predicted[0], probabilities=probs[0].tolist())
-
-
-# ----- what the exercises need, rebuilt after a kernel restart (seconds, nothing trained) -------------------
-
-
-def rebuild_for_02(run, data_dir, seed: int, max_length: int = 128):
-    """02's sections 0-1 again: the model (same seeded head), tokenizer, splits, sets and BitFit's step cost.
-
-    Returns ``(model, tokenizer, splits, train_set, eval_sets, costs)``, as those sections leave them.
-    """
-    from lab.data import load_mrpc, selection_splits, training_sets
-    from lab.training import measure_step_costs
-
-    set_seed(seed)
-    model, tokenizer = load_model(run.model_name, verbose=False)
-    splits = selection_splits(load_mrpc(data_dir))
-    train_set, eval_sets = training_sets(splits, tokenizer, max_length, run.train_subset, seed)
-    costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit",), batch_size=run.batch_size,
-                               max_length=max_length, bf16=run.bf16)
-    return model, tokenizer, splits, train_set, eval_sets, costs
-
