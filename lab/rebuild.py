@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from lab.models import load_model
+from lab.tasks import DEFAULT_MAX_LENGTH
 from lab.training import set_seed
 
 
-def rebuild_for_02(run, data_dir, seed: int, max_length: int = 128):
+def rebuild_for_02(run, data_dir, seed: int, max_length: int = DEFAULT_MAX_LENGTH):
     """02's sections 0-1 again: the model (same seeded head), tokenizer, splits, sets and BitFit's step cost.
 
     Returns ``(model, tokenizer, splits, train_set, eval_sets, costs)``, as those sections leave them.
