@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import median
 
 from study.run import RESULTS, choose_head, choose_lrs, kept, machine_hours, read_runs
-from study.methods import HEADLINE, METHODS
+from lab.registry import HEADLINE, METHODS
 
 TTA_METHODS = ("bitfit", "full")
 

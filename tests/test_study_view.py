@@ -11,7 +11,7 @@ from lab.study import DEFAULT_SETTINGS, headline, headline_sentences, lr_text, s
 
 
 def fake_run(method, lr, seed, part, accuracy, mcc=0.3, epochs=4):
-    """A run file as compare_methods writes it, with a made-up log (validation peaks at epoch 2)."""
+    """A run file as study.p2_run writes it, with a made-up log (validation peaks at epoch 2)."""
     log = [{"epoch": float(e), "train_seconds": 60.0 * e, "train_loss": 0.6,
             **{f"{split}_{metric}": value for split in ("validation", "dev")
                for metric, value in (("loss", 0.5), ("accuracy", accuracy / 100 - 0.02 * abs(e - 2)),
@@ -25,8 +25,8 @@ def fake_run(method, lr, seed, part, accuracy, mcc=0.3, epochs=4):
 @pytest.fixture
 def results(tmp_path):
     """A results folder written by the study's own report from fake runs: frozen, bitfit, full grids done."""
-    from benchmarks.compare_methods import METHODS
-    from benchmarks.study_report import report
+    from lab.registry import METHODS
+    from study.p2_report import report
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -52,7 +52,7 @@ def test_no_results_yet_means_the_defaults_and_no_headline(tmp_path):
 
 
 def test_the_defaults_use_the_study_epochs_and_a_rate_of_its_grid():
-    from benchmarks.compare_methods import METHODS
+    from lab.registry import METHODS
 
     for method, (rate, epochs) in DEFAULT_SETTINGS.items():
         assert epochs == METHODS[method].epochs and rate in METHODS[method].lrs
@@ -60,7 +60,7 @@ def test_the_defaults_use_the_study_epochs_and_a_rate_of_its_grid():
 
 def test_the_chosen_settings_come_from_the_grid(results):
     folder, best = results
-    from benchmarks.compare_methods import METHODS
+    from lab.registry import METHODS
 
     chosen = study_settings(folder)
     assert chosen == {m: (best[m], METHODS[m].epochs) for m in best}
@@ -102,7 +102,7 @@ def test_this_run_sentences_label_unequal_training():
 
 
 def test_this_run_is_placed_among_the_study_seeds_of_the_same_recipe_only(results):
-    from benchmarks.compare_methods import METHODS
+    from lab.registry import METHODS
     from lab.study import same_recipe_seeds
 
     folder, best = results  # the study: BitFit 3e-3 with seeds at 80.0, 78.0, 82.0; Full FT 2e-5 one seed at 78.0
@@ -178,7 +178,7 @@ def test_read_history_reads_the_table():
 
 
 def test_tta_sentences_give_each_ratio_and_its_cause_from_the_two_runs(tmp_path):
-    from benchmarks.study_report import report_tta
+    from study.p2_report import report_tta
 
     assert tta_sentences(tmp_path) == []  # before the runs: nothing to say
     (tmp_path / "runs").mkdir()

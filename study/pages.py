@@ -4,18 +4,18 @@ Every table, plot reference and number inside a generated block is read or compu
 (the study's run files and tables, the benchmark outputs); nothing in them is typed by hand. A block
 sits between two marker comments, so the hand-written prose around it survives a rewrite::
 
-    <!-- generated:NAME (python benchmarks/update_readme.py) -->
+    <!-- generated:NAME (python -m study.pages) -->
     ...
     <!-- /generated:NAME -->
 
-Blocks of results/README.md: ``study-design`` (the rule's grids and seeds, from compare_methods.METHODS),
+Blocks of results/README.md: ``study-design`` (the rule's grids and seeds, from the registry, lab.registry.METHODS),
 ``study-progress`` (runs done of the plan), ``study-results`` (grid, methods, ablations, time-to-accuracy
 and the plot, where written), ``v1`` (the old study's curve and groups, labelled with their rule),
 ``perf`` (benchmarks/bench_bitfit.py's outputs) and ``claims`` (the handout's claims, checked).
 Blocks of README.md: ``summary``, ``demo`` (benchmarks/time_demo.py's measurement of the instructor demo).
 
-    python benchmarks/update_readme.py            # rewrite both files
-    python benchmarks/update_readme.py --check    # exit 1 if either is out of date (a test runs this)
+    python -m study.pages            # rewrite both files
+    python -m study.pages --check    # exit 1 if either is out of date (a test runs this)
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from lab.registry import HEADLINE, METHODS
+from study import p2_protocol as p2
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # The v1 seed-0 run files predate the device and version fields: this is where they ran.
 V1_CPU_MACHINE = "一台 2 核 x86-64 CPU（無 GPU、torch 2.13.0 CPU 版、transformers 5.24.0）"
@@ -40,7 +42,7 @@ PAGES = ("README.md", "results/README.md")
 
 
 def begin(name: str) -> str:
-    return f"<!-- generated:{name} (python benchmarks/update_readme.py) -->"
+    return f"<!-- generated:{name} (python -m study.pages) -->"
 
 
 def end(name: str) -> str:
@@ -111,43 +113,36 @@ def bench(path: Path) -> dict | None:
 # ----- results/README.md: the study (protocol 2) ------------------------------------------
 
 
-def _cm():
-    import benchmarks.compare_methods as cm
-
-    return cm
-
-
 def _lrs(lrs) -> str:
     return "、".join(f"{lr:g}" for lr in lrs)
 
 
 def study_design(results: Path) -> str:
-    """The grids, budgets and seeds of every method, from compare_methods.METHODS and plan()."""
-    cm = _cm()
+    """The grids, budgets and seeds of every method, from the registry, lab.registry.METHODS and plan()."""
     from lab.data import VALIDATION_SEED, VALIDATION_SHARE
 
-    planned = cm.plan([])
+    planned = p2.plan([])
     count = Counter((s["part"], s["method"]) for s in planned)
     lines = ["| 方法 | 學習率格點（seed 0） | 最多 epoch | 選定後的 seed 數 | 理由（`METHODS` 的 `why`） |",
              "|---|---|---:|---:|---|"]
-    for name, spec in cm.METHODS.items():
+    for name, spec in METHODS.items():
         if spec.parent:
             grid, seeds = f"沿用 `{spec.parent}` 選定的學習率", count["ablation", name]
         else:
             grid, seeds = _lrs(spec.lrs), 1 + count["seeds", name]
         lines.append(f"| `{name}` | {grid} | {spec.epochs} | {seeds} | {spec.why} |")
     parts = Counter(s["part"] for s in planned)
-    headline = "、".join(f"`{m}`" for m in cm.HEADLINE)
+    headline = "、".join(f"`{m}`" for m in HEADLINE)
     return "\n".join([
-        f"驗證集：從 MRPC 訓練集分層抽出 {100 * VALIDATION_SHARE:g} %（seed {VALIDATION_SEED}）；批次 {cm.BATCH_SIZE}。"
-        f"主要方法（{headline}）每個都是 {len(cm.METHODS[cm.HEADLINE[0]].lrs)} 個學習率、各一個 run，"
+        f"驗證集：從 MRPC 訓練集分層抽出 {100 * VALIDATION_SHARE:g} %（seed {VALIDATION_SEED}）；批次 {p2.BATCH_SIZE}。"
+        f"主要方法（{headline}）每個都是 {len(METHODS[HEADLINE[0]].lrs)} 個學習率、各一個 run，"
         "選定之後再補 seed；消融（下表沒有格點的列）沿用它所改動的方法選定的學習率，不另外調。",
         "",
         *lines,
         "",
         f"整個協定共 {len(planned)} 個 run：格點 {parts['grid']}、選定後補的 seed {parts['seeds']}、"
         f"消融 {parts['ablation']}、time-to-accuracy {parts['tta']}"
-        f"（{'、'.join(f'`{m}`' for m in cm.TTA_METHODS)} 在選定設定下各一個 run，"
+        f"（{'、'.join(f'`{m}`' for m in p2.TTA_METHODS)} 在選定設定下各一個 run，"
         "其他 run 都結束之後才一次一個單獨跑，時間才能比）。",
     ])
 
@@ -163,9 +158,8 @@ def _where(runs: list[dict]) -> str:
 
 
 def study_progress(results: Path) -> str:
-    cm = _cm()
-    runs = cm.read_runs(results)
-    planned = cm.plan(runs)
+    runs = p2.read_runs(results)
+    planned = p2.plan(runs)
     done = {r["name"] for r in runs}
     labels = {"grid": "格點", "seeds": "補 seed", "ablation": "消融", "tta": "time-to-accuracy"}
     per_part = "、".join(f"{label} {sum(s['name'] in done for s in planned if s['part'] == part)}/"
@@ -175,13 +169,13 @@ def study_progress(results: Path) -> str:
     text = f"{head}（{per_part}；依 `results/runs/` 裡的 run 檔計算）。"
     if runs:
         commits = sorted({re.sub(r"^([0-9a-f]{7})[0-9a-f]*", r"\1", r.get("commit", "?")) for r in runs})
-        spent = "、".join(f"{d} {h:.1f} 小時" for d, h in sorted(cm.machine_hours(runs).items()))
+        spent = "、".join(f"{d} {h:.1f} 小時" for d, h in sorted(p2.machine_hours(runs).items()))
         text += (f"完成的 run：{_where(runs)}。程式版本（commit）：{'、'.join(commits)}。用掉的機器時間（每個 run 的 wall time "
                  f"除以同時共用機器的 run 數）：{spent}。")
     else:
         text += "還沒有任何 run 完成。"
     if n_done < len(planned):
-        text += "每個 run 的狀態與剩下的 CPU 時間估計：`python benchmarks/compare_methods.py --plan`。"
+        text += "每個 run 的狀態與剩下的 CPU 時間估計：`python -m study.p2_run --plan`。"
     return text
 
 
@@ -238,7 +232,7 @@ def study_results(results: Path) -> str:
             "`ratio` = BitFit 秒數 / Full FT 秒數；從沒達到時為「–」。", ""]
     tta = md(results / "tta.md")
     if tta:
-        runs = [r for r in _cm().read_runs(results) if r["part"] == "tta"]
+        runs = [r for r in p2.read_runs(results) if r["part"] == "tta"]
         from lab.study import tta_sentences
 
         out += [tta, "", f"這兩個 run：{_where(runs)}。", ""] + [f"* {s}" for s in tta_sentences(results)[1:]]
@@ -501,9 +495,8 @@ def claims_block(results: Path) -> str:
 
 
 def summary_block(results: Path) -> str:
-    cm = _cm()
-    runs = cm.read_runs(results)
-    planned = cm.plan(runs)
+    runs = p2.read_runs(results)
+    planned = p2.plan(runs)
     done = {r["name"] for r in runs}
     n_done = sum(s["name"] in done for s in planned)
     out = []
@@ -588,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.check:
                 path.write_text(new, encoding="utf-8")
     if args.check and stale:
-        print(f"out of date with results/: {', '.join(stale)}; run python benchmarks/update_readme.py", file=sys.stderr)
+        print(f"out of date with results/: {', '.join(stale)}; run python -m study.pages", file=sys.stderr)
         return 1
     print(("rewritten: " + ", ".join(stale)) if stale and not args.check else "README.md and results/README.md "
           "match results/")
