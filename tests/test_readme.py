@@ -25,8 +25,7 @@ def test_readme_and_results_page_agree_with_committed_results():
 
 @pytest.mark.parametrize("path, old, new, shown", [
     ("results/v1/curve.md", "| bitfit | 0.10 | 81.5 |", "| bitfit | 0.10 | 81.6 |", "| bitfit | 0.10 | 81.6 |"),
-    ("results/bench_cpu.txt", "ratio BitFit / full FT          : 0.681", "ratio BitFit / full FT          : 0.682",
-     "| 0.682（1,925 / 2,825 ms） |"),
+    ("results/bench_cpu.json", '"bitfit": 1924.72820850071', '"bitfit": 1927.0', "| 0.682（1,927 / 2,825 ms） |"),
 ])
 def test_changing_one_table_cell_makes_the_check_fail(tmp_path, path, old, new, shown):
     root = copy_project(tmp_path)
@@ -133,3 +132,26 @@ def test_grid_caveats_flag_a_rate_at_the_grid_edge_and_a_best_epoch_that_is_the_
                                        "b,0.001,False,2,0.1,70\nb,0.003,True,3,0.4,75\nb,0.01,False,3,0.2,71\n")
     assert ur.grid_caveats(tmp_path) is None
     assert ur.grid_caveats(tmp_path / "missing") is None
+
+
+def test_bench_figures_read_from_text_agree_with_those_computed_from_json(tmp_path):
+    """bench_cpu.txt (printed, rounded) and bench_cpu.json (raw) of the same run give the same figures."""
+    from study.page_inputs import bench
+
+    shutil.copy(ROOT / "results" / "bench_cpu.txt", tmp_path / "bench_cpu.txt")  # no JSON here: the text is read
+    text, raw = bench(tmp_path, "bench_cpu"), bench(ROOT / "results", "bench_cpu")
+    assert (text["machine"], text["batch"], text["seq_len"]) == (raw["machine"], raw["batch"], raw["seq_len"])
+    assert text["epoch_s"] == pytest.approx(raw["epoch_s"], abs=0.051)
+    got, want = text["shapes"]["minilm"], raw["shapes"]["minilm"]
+    assert set(got) == set(want)
+    for key in ("saves", "shared"):  # the same operators, ms and percent printed without decimals
+        assert list(got[key]) == list(want[key])
+        assert [v for pair in got[key].values() for v in pair] == pytest.approx(
+            [v for pair in want[key].values() for v in pair], abs=0.51)
+    for key, value in want.items():
+        if isinstance(value, tuple):  # a ratio (3 decimals), then MiB or bytes
+            assert got[key][0] == pytest.approx(value[0], abs=6e-4), key
+            assert got[key][1:] == pytest.approx(value[1:], rel=2e-3, abs=0.051), key
+        elif isinstance(value, float):
+            assert got[key] == pytest.approx(value, abs=6e-4), key
+    assert got["step_ms"] == pytest.approx(want["step_ms"], abs=0.051)
