@@ -58,6 +58,15 @@ def test_the_defaults_use_the_study_epochs_and_a_rate_of_its_grid():
         assert epochs == METHODS[method].epochs and rate in METHODS[method].lrs
 
 
+def test_the_notebooks_names_and_defaults_are_the_registrys():
+    from lab.registry import METHODS
+    from lab.study import METHOD_NAMES
+
+    assert list(METHOD_NAMES.items()) == [(m, spec.label) for m, spec in METHODS.items() if spec.label]
+    assert list(DEFAULT_SETTINGS.items()) == [(m, (spec.default_lr, spec.epochs)) for m, spec in METHODS.items()
+                                              if spec.default_lr is not None]
+
+
 def test_the_chosen_settings_come_from_the_grid(results):
     folder, best = results
     from lab.registry import METHODS
