@@ -13,7 +13,7 @@
 - ``lab.study``: 02's run settings (the study's choice or defaults; QUICK, DEMO), the study's headline.
 - ``lab.families``: where the biases sit in architectures other than BERT's (registered with
   ``bitfit_utils`` when imported; the modules that handle models import it).
-- ``lab.checks``: the self-checks of the exercises.
+- ``lab.checks``: the self-checks of the exercises; ``lab.verdicts``: the verdict they print and return.
 - ``lab.rebuild``: what 02's exercises need from its sections 0-1, rebuilt after a kernel restart.
 
 Importing ``lab`` imports nothing else (``lab.setup`` runs before torch is installed).
