@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import os
 import platform
@@ -145,7 +146,7 @@ def memory_accounting(model, opt, inputs, amp: bool = False) -> dict[str, int]:
 
 def memory_child(shape: str, method: str, bs: int, seq: int, quick: bool, dropout: bool = True) -> None:
     """Run in a fresh process: RSS after loading, the peak during training, and the accounting (bytes)."""
-    import pandas  # noqa: F401  (imported by apply_bitfit; import it first so "loaded" is alike for all)
+    importlib.import_module("pandas")  # apply_bitfit imports it: load it first so "loaded" is alike for all
     import psutil
 
     model = build(shape, quick, dropout).train()

@@ -8,7 +8,7 @@ machine and its load average before the run (the demo must be measured on an oth
 
     BITFIT_DATA_DIR=../shared/data/mrpc python benchmarks/time_demo.py   # writes results/demo_cpu.json
 
-README.md's instructor section and results/README.md read that file (benchmarks/update_readme.py).
+README.md's instructor section and results/README.md read that file (python -m study.pages).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """What the lab's notebooks share besides BitFit itself (``bitfit_utils``), one module per concern.
 
 - ``lab.setup``: the notebooks' first cell: find the project, install what the kernel lacks.
+- ``lab.notebook_sync``: the generated setup cells and Colab badges of the notebooks and README.
 - ``lab.hub``: is the Hugging Face Hub there; offline mode; prefetch.
 - ``lab.tasks``: the GLUE tasks (MRPC, SST-2, CoLA, RTE), one ``TaskSpec`` entry each.
 - ``lab.data``: a task's data (MRPC by default) from a local folder or the Hub; tokenizing; the lab's splits.
@@ -13,7 +14,8 @@
 - ``lab.study``: the study as 02 shows it: its headline, this run among its seeds.
 - ``lab.families``: where the biases sit in architectures other than BERT's (registered with
   ``bitfit_utils`` when imported; the modules that handle models import it).
-- ``lab.checks``: the self-checks of the exercises.
+- ``lab.checks``: the self-checks of the exercises; ``lab.verdicts``: the verdict they print and return.
+- ``lab.rebuild``: what 02's exercises need from its sections 0-1, rebuilt after a kernel restart.
 
 Importing ``lab`` imports nothing else (``lab.setup`` runs before torch is installed).
 """

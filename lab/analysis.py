@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 import bitfit_utils as bu
-import lab.families  # noqa: F401  (registers other architectures' bias roles)
 from bitfit_utils import parameter_groups
+from lab import families
 from lab.data import LABEL_NAMES
+
+families.register()  # other architectures' bias roles, for apply_bitfit and the group tables
 
 
 def plot_history(history, title: str = "Training curves", kept_epoch: float | None = None,

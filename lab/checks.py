@@ -21,11 +21,9 @@ Checks, by notebook:
 from __future__ import annotations
 
 import copy
-import functools
 import itertools
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -33,48 +31,8 @@ import torch
 import bitfit_utils as bu
 from lab import packs
 from lab.models import load_model, predict
-from lab.training import history_frame, make_trainer, run_facts, set_seed
-
-
-@dataclass
-class CheckResult:
-    """The verdict of one check: ``passed``, the printed ``message`` and measured ``details``."""
-
-    passed: bool
-    message: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-
-def _verdict(passed: bool, message: str, **details: Any) -> CheckResult:
-    """Print the verdict line and return it as a ``CheckResult``."""
-    line = f"✅ correct: {message}" if passed else f"❌ not yet: {message}"
-    print(line)
-    return CheckResult(passed, line, details)
-
-
-def _unfilled(**answers: Any) -> CheckResult | None:
-    """A "fill in" verdict for the first answer still ``None``/``...``, else None."""
-    for name, value in answers.items():
-        if value is None or value is Ellipsis:
-            return _verdict(False, f"fill in `{name}` (the TODO cell above), then run this cell again.")
-    return None
-
-
-def _never_raises(check):
-    """Turn an exception caused by an unexpected answer into a "not yet" verdict."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs) -> CheckResult:
-        try:
-            return check(*args, **kwargs)
-        except Exception as err:  # the student's answer had an unexpected type or shape
-            return _verdict(False, f"this answer could not be checked ({type(err).__name__}: {err}). "
-                                   "Compare it with what the exercise asks for.")
-
-    return wrapper
+from lab.training import history_frame, run_facts
+from lab.verdicts import CheckResult, never_raises, unfilled, verdict
 
 
 def _reference_trainable(model: torch.nn.Module, bias_terms: str | Sequence[str] = "all") -> dict[str, bool]:
@@ -103,7 +61,7 @@ def _explain_gap(gap: int, parts: Mapping[str, int]) -> str:
 # ---------------------------------------------------------------------------
 
 
-@_never_raises
+@never_raises
 def check_bias_count(model: torch.nn.Module, encoder_biases: int | None, head_params: int | None) -> CheckResult:
     """Exercise 01.1: biases and head counted by hand vs what ``bu.apply_bitfit(model)`` trains.
 
@@ -112,7 +70,7 @@ def check_bias_count(model: torch.nn.Module, encoder_biases: int | None, head_pa
         encoder_biases: the student's count of bias scalars outside the task head.
         head_params: the student's count of the task head's scalars (weights and biases).
     """
-    if (missing := _unfilled(encoder_biases=encoder_biases, head_params=head_params)) is not None:
+    if (missing := unfilled(encoder_biases=encoder_biases, head_params=head_params)) is not None:
         return missing
     reference = copy.deepcopy(model)
     report = bu.apply_bitfit(reference)
@@ -126,39 +84,39 @@ def check_bias_count(model: torch.nn.Module, encoder_biases: int | None, head_pa
         hint = (" You included the head's bias: it belongs to the head, so count it in head_params only."
                 if encoder_biases == biases + head_bias else
                 " Sum p.numel() over the parameters whose name ends in '.bias' and lies outside the head.")
-        return _verdict(False, f"encoder_biases = {encoder_biases:,} is not the number of bias scalars "
+        return verdict(False, f"encoder_biases = {encoder_biases:,} is not the number of bias scalars "
                                f"apply_bitfit trains in the encoder.{hint}", **details)
     if head_params != head:
         hint = (" The head has a bias too." if head_params == head - head_bias else
                 " Count every parameter of the head (its weight matrix and its bias).")
-        return _verdict(False, f"head_params = {head_params:,} is not the head's size.{hint}", **details)
-    return _verdict(True, f"{biases:,} bias scalars + {head:,} head parameters = {report.trainable:,}, what "
+        return verdict(False, f"head_params = {head_params:,} is not the head's size.{hint}", **details)
+    return verdict(True, f"{biases:,} bias scalars + {head:,} head parameters = {report.trainable:,}, what "
                           f"bu.apply_bitfit(model) trains: {report.percent:.3f} % of {report.total:,}.", **details)
 
 
-@_never_raises
+@never_raises
 def check_same_head(model_a: torch.nn.Module | None, model_b: torch.nn.Module | None) -> CheckResult:
     """Exercise 01.2: two separate loads of the same pre-trained model with the same random head."""
-    if (missing := _unfilled(model_a=model_a, model_b=model_b)) is not None:
+    if (missing := unfilled(model_a=model_a, model_b=model_b)) is not None:
         return missing
     if model_a is model_b:
-        return _verdict(False, "model_a and model_b are one and the same object: load the model twice.")
+        return verdict(False, "model_a and model_b are one and the same object: load the model twice.")
     params_a, params_b = dict(model_a.named_parameters()), dict(model_b.named_parameters())
     if params_a.keys() != params_b.keys():
-        return _verdict(False, "the two models have different parameters: load the same model name twice.")
+        return verdict(False, "the two models have different parameters: load the same model name twice.")
     if any(params_a[n].data_ptr() == params_b[n].data_ptr() for n in params_a):
-        return _verdict(False, "the two models share tensors: load the model twice instead of reusing one.")
+        return verdict(False, "the two models share tensors: load the model twice instead of reusing one.")
     groups = bu.parameter_groups(model_a)
     head = [n for n, g in groups.items() if g == "head"]
     encoder_differs = [n for n in params_a if groups[n] != "head" and not torch.equal(params_a[n], params_b[n])]
     if encoder_differs:
-        return _verdict(False, f"the pre-trained parts differ (e.g. '{encoder_differs[0]}'): load the same "
+        return verdict(False, f"the pre-trained parts differ (e.g. '{encoder_differs[0]}'): load the same "
                                "pre-trained model both times.")
     head_differs = [n for n in head if not torch.equal(params_a[n], params_b[n])]
     if head_differs:
-        return _verdict(False, f"the heads differ ({', '.join(head_differs)}): each load draws a new random head. "
+        return verdict(False, f"the heads differ ({', '.join(head_differs)}): each load draws a new random head. "
                                "Call set_seed(SEED) right before *each* load_model(...).")
-    return _verdict(True, f"two separate models, same pre-trained encoder, identical random head ({', '.join(head)}).")
+    return verdict(True, f"two separate models, same pre-trained encoder, identical random head ({', '.join(head)}).")
 
 
 # ---------------------------------------------------------------------------
@@ -166,21 +124,21 @@ def check_same_head(model_a: torch.nn.Module | None, model_b: torch.nn.Module | 
 # ---------------------------------------------------------------------------
 
 
-@_never_raises
+@never_raises
 def check_manual_freeze(my_model: torch.nn.Module | None,
                         bias_terms: Sequence[str] = ("query", "intermediate")) -> CheckResult:
     """Exercise 02.1: hand-written freezing vs ``bu.apply_bitfit(copy, bias_terms)``, tensor by tensor."""
-    if (missing := _unfilled(my_model=my_model)) is not None:
+    if (missing := unfilled(my_model=my_model)) is not None:
         return missing
     mine = {name: p.requires_grad for name, p in my_model.named_parameters()}
     reference = _reference_trainable(my_model, bias_terms)
     wrong = [name for name in reference if mine[name] != reference[name]]
     if wrong:
         listed = "; ".join(f"{n} should be {'trainable' if reference[n] else 'frozen'}" for n in wrong[:3])
-        return _verdict(False, f"{len(wrong)} of {len(reference)} tensors differ from bu.apply_bitfit(model, "
+        return verdict(False, f"{len(wrong)} of {len(reference)} tensors differ from bu.apply_bitfit(model, "
                                f"{list(bias_terms)}): {listed}{' ...' if len(wrong) > 3 else ''}", wrong=wrong)
     trainable, total = bu.count_parameters(my_model)
-    return _verdict(True, f"all {len(reference)} tensors match bu.apply_bitfit(model, {list(bias_terms)}): "
+    return verdict(True, f"all {len(reference)} tensors match bu.apply_bitfit(model, {list(bias_terms)}): "
                           f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f} %).")
 
 
@@ -200,7 +158,7 @@ def _bert_base_reference() -> tuple[dict[str, int], int, int]:
     return parts, every, subset
 
 
-@_never_raises
+@never_raises
 def check_bert_base_count(bitfit_all: int | None, bitfit_qi: int | None) -> CheckResult:
     """Exercise 02.2: BitFit's parameter counts on BERT-base, predicted by arithmetic.
 
@@ -208,7 +166,7 @@ def check_bert_base_count(bitfit_all: int | None, bitfit_qi: int | None) -> Chec
     built on the meta device, after ``bu.apply_bitfit`` with all groups and with
     ``["query", "intermediate"]``.
     """
-    if (missing := _unfilled(bitfit_all=bitfit_all, bitfit_qi=bitfit_qi)) is not None:
+    if (missing := unfilled(bitfit_all=bitfit_all, bitfit_qi=bitfit_qi)) is not None:
         return missing
     parts, every, subset = _bert_base_reference()
     details = dict(expected_all=every, expected_qi=subset)
@@ -218,10 +176,10 @@ def check_bert_base_count(bitfit_all: int | None, bitfit_qi: int | None) -> Chec
         if value != expected:
             gap = expected - int(value)
             side = "small" if gap > 0 else "large"
-            return _verdict(False, f"{name} = {value:,} is too {side} by {abs(gap):,}.{_explain_gap(gap, relevant)} "
+            return verdict(False, f"{name} = {value:,} is too {side} by {abs(gap):,}.{_explain_gap(gap, relevant)} "
                                    "Count, per layer, every Linear's bias (its output size) and every LayerNorm's "
                                    "bias (hidden), then what lies outside the layers.", **details)
-    return _verdict(True, f"BERT-base trains {every:,} parameters with all biases and {subset:,} with query + "
+    return verdict(True, f"BERT-base trains {every:,} parameters with all biases and {subset:,} with query + "
                           "intermediate (head included), the same as bu.apply_bitfit on a meta-device BERT-base.",
                     **details)
 
@@ -257,12 +215,12 @@ def _bitfit_run(run, base_model: torch.nn.Module | None):
     """
     if isinstance(run, (str, os.PathLike)):
         if not os.path.isfile(run):
-            return _verdict(False, f"no pack at '{run}': run sections 3 and 5 of 02 first (section 3 trains "
+            return verdict(False, f"no pack at '{run}': run sections 3 and 5 of 02 first (section 3 trains "
                                    "BitFit, section 5 saves the pack).")
         _, meta = packs.read_bias_checkpoint(run)
         facts = meta.get("user") or {}
         if not {"learning_rate", "train_pairs", "steps", "first_epoch"} <= set(facts):
-            return _verdict(False, f"the pack '{run}' does not say how it was trained: run section 5 of 02 "
+            return verdict(False, f"the pack '{run}' does not say how it was trained: run section 5 of 02 "
                                    "again (it saves the run's facts with the pack).")
         if base_model is None:
             base_model, _ = load_model(meta["base_model"], verbose=False)
@@ -270,14 +228,14 @@ def _bitfit_run(run, base_model: torch.nn.Module | None):
         packs.load_bias_checkpoint(model, run)
         return model, facts, base_model
     if run is None or not run.state.global_step:
-        return _verdict(False, "section 3's BitFit run is missing: run section 3, or pass the pack section 5 "
+        return verdict(False, "section 3's BitFit run is missing: run section 3, or pass the pack section 5 "
                                "saved (packs/mrpc_bitfit.safetensors).")
     if base_model is None:
         base_model, _ = load_model(run.model.name_or_path, verbose=False)
     return run.model, run_facts(run), base_model
 
 
-@_never_raises
+@never_raises
 def check_small_lr_run(slow_trainer, bitfit_run, base_model: torch.nn.Module | None = None,
                        learning_rate: float = 2e-5, max_ratio: float = 0.2) -> CheckResult:
     """Exercise 02.3: a BitFit run with a full-FT learning rate, compared with section 3's BitFit run.
@@ -294,27 +252,27 @@ def check_small_lr_run(slow_trainer, bitfit_run, base_model: torch.nn.Module | N
             bias pack section 5 saved with ``run_facts`` in its metadata.
         base_model: the pre-trained model; loaded by name when None.
     """
-    if (missing := _unfilled(slow_trainer=slow_trainer)) is not None:
+    if (missing := unfilled(slow_trainer=slow_trainer)) is not None:
         return missing
     if slow_trainer is bitfit_run or slow_trainer.model is getattr(bitfit_run, "model", None):
-        return _verdict(False, "this is section 3's model: start from a freshly loaded model.")
+        return verdict(False, "this is section 3's model: start from a freshly loaded model.")
     if getattr(slow_trainer, "optimizer", None) is None or not slow_trainer.state.global_step:
-        return _verdict(False, "slow_trainer has not trained yet: call slow_trainer.train().")
+        return verdict(False, "slow_trainer has not trained yet: call slow_trainer.train().")
     groups = slow_trainer.optimizer.param_groups
     rates = sorted({g.get("initial_lr", g["lr"]) for g in groups})
     if not all(math.isclose(r, learning_rate, rel_tol=1e-6) for r in rates):
-        return _verdict(False, f"the optimizer's learning rate was {', '.join(map(_lr, rates))}, not "
+        return verdict(False, f"the optimizer's learning rate was {', '.join(map(_lr, rates))}, not "
                                f"{_lr(learning_rate)}: pass learning_rate={_lr(learning_rate)} to make_trainer.")
     model = slow_trainer.model
     reference = _reference_trainable(model, "all")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if trainable != {n for n, on in reference.items() if on}:
         n_train = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
-        return _verdict(False, f"the run trained {n_train:,} parameters ({len(trainable)} tensors), not BitFit's "
+        return verdict(False, f"the run trained {n_train:,} parameters ({len(trainable)} tensors), not BitFit's "
                                "biases + head: call bu.apply_bitfit(model) before make_trainer.")
     in_optimizer = {id(p) for g in groups for p in g["params"]}
     if in_optimizer != {id(p) for n, p in model.named_parameters() if n in trainable}:
-        return _verdict(False, "the optimizer does not hold exactly the BitFit parameters: build the trainer with "
+        return verdict(False, "the optimizer does not hold exactly the BitFit parameters: build the trainer with "
                                "make_trainer after bu.apply_bitfit, and train it with .train().")
     found = _bitfit_run(bitfit_run, base_model)
     if isinstance(found, CheckResult):
@@ -322,7 +280,7 @@ def check_small_lr_run(slow_trainer, bitfit_run, base_model: torch.nn.Module | N
     fast_model, facts, base_model = found
     n_slow, n_fast = len(slow_trainer.train_dataset), int(facts["train_pairs"])
     if n_slow != n_fast or slow_trainer.state.epoch < 1 - 1e-6:
-        return _verdict(False, f"train one full epoch on the same train_set (this run: {n_slow} pairs, "
+        return verdict(False, f"train one full epoch on the same train_set (this run: {n_slow} pairs, "
                                f"{slow_trainer.state.epoch:.2f} epochs; section 3: {n_fast} pairs).")
     slow_change = _mean_bias_change(model, base_model)
     fast_change = _mean_bias_change(fast_model, base_model)
@@ -331,13 +289,13 @@ def check_small_lr_run(slow_trainer, bitfit_run, base_model: torch.nn.Module | N
     details = dict(slow_change=slow_change, fast_change=fast_change, steps_slow=steps_slow, steps_fast=steps_fast,
                    ratio=slow_change / fast_change if fast_change else math.inf)
     if not slow_change < max_ratio * fast_change:
-        return _verdict(False, f"your biases moved {slow_change:.2e} on average, the {fast_lr} run's "
+        return verdict(False, f"your biases moved {slow_change:.2e} on average, the {fast_lr} run's "
                                f"{fast_change:.2e}: a {slow_lr} run should move them far less. Did it start from "
                                "the pre-trained model (a fresh load_model), not from an already trained one?",
                         **details)
     first = (f"lr {slow_lr}: {_first_epoch_text(history_frame(slow_trainer).iloc[0].to_dict())}; "
              f"lr {fast_lr}: {_first_epoch_text(facts['first_epoch'])}")
-    return _verdict(True, f"lr {slow_lr} on the {len(trainable)} BitFit tensors for {steps_slow} steps. "
+    return verdict(True, f"lr {slow_lr} on the {len(trainable)} BitFit tensors for {steps_slow} steps. "
                           f"Mean |b - b0|: {slow_change:.2e} at lr {slow_lr} ({slow_change / steps_slow:.1e} per step) "
                           f"vs {fast_change:.2e} at lr {fast_lr} ({steps_fast} steps to the kept epoch, "
                           f"{fast_change / steps_fast:.1e} per step). First epoch: {first}.", **details)
@@ -348,7 +306,7 @@ def check_small_lr_run(slow_trainer, bitfit_run, base_model: torch.nn.Module | N
 # ---------------------------------------------------------------------------
 
 
-@_never_raises
+@never_raises
 def check_key_bias_gradient(model: torch.nn.Module, grad_batch: Mapping[str, torch.Tensor] | None,
                             grads: Mapping[str, torch.Tensor] | None) -> CheckResult:
     """Exercise 03.1: the student's gradients of one batch vs a fresh autograd pass.
@@ -357,16 +315,16 @@ def check_key_bias_gradient(model: torch.nn.Module, grad_batch: Mapping[str, tor
     (no dropout) with respect to every query and key bias. The verdict also reports
     how small the key biases' gradients are next to the query biases'.
     """
-    if (missing := _unfilled(grad_batch=grad_batch, grads=grads)) is not None:
+    if (missing := unfilled(grad_batch=grad_batch, grads=grads)) is not None:
         return missing
     if "labels" not in grad_batch or "input_ids" not in grad_batch:
-        return _verdict(False, "grad_batch needs 'input_ids' (from the tokenizer) and 'labels' (a tensor of 0/1), "
+        return verdict(False, "grad_batch needs 'input_ids' (from the tokenizer) and 'labels' (a tensor of 0/1), "
                                "so that model(**grad_batch) returns a loss.")
     groups = bu.parameter_groups(model)
     names = {g: [n for n, group in groups.items() if group == g] for g in ("query", "key")}
     absent = [n for g in names for n in names[g] if n not in grads]
     if absent:
-        return _verdict(False, f"grads has no entry for {absent[0]} (and {len(absent) - 1} more query/key biases): "
+        return verdict(False, f"grads has no entry for {absent[0]} (and {len(absent) - 1} more query/key biases): "
                                "collect {name: param.grad.clone()} for every parameter after .backward().")
     params = dict(model.named_parameters())
     wanted = names["query"] + names["key"]
@@ -393,16 +351,16 @@ def check_key_bias_gradient(model: torch.nn.Module, grad_batch: Mapping[str, tor
         else:
             hint = (" Call model.eval() first (dropout draws a new mask on every pass) and model.zero_grad() "
                     "(gradients add up), then one loss.backward() on this batch.")
-        return _verdict(False, f"your gradients differ from a fresh backward pass on `grad_batch`.{hint}")
+        return verdict(False, f"your gradients differ from a fresh backward pass on `grad_batch`.{hint}")
     n_query = len(names["query"])
     query_max = max(g.abs().max().item() for g in reference[:n_query])
     key_max = max(g.abs().max().item() for g in reference[n_query:])
-    return _verdict(True, f"your gradients match autograd. Largest |gradient|: query biases {query_max:.2e}, "
+    return verdict(True, f"your gradients match autograd. Largest |gradient|: query biases {query_max:.2e}, "
                           f"key biases {key_max:.2e} ({key_max / query_max:.1e} of query's: zero up to rounding).",
                     query_max=query_max, key_max=key_max, key_to_query=key_max / query_max)
 
 
-@_never_raises
+@never_raises
 def check_pack_refusal(other_model: torch.nn.Module | None, pack_path, refusal: Any,
                        unchanged: bool | None) -> CheckResult:
     """Exercise 03.2: a pack loaded onto a base it was not trained on is refused, model untouched.
@@ -411,7 +369,7 @@ def check_pack_refusal(other_model: torch.nn.Module | None, pack_path, refusal: 
     the model if it were accepted), compares the error with the student's ``refusal``
     and verifies that the model is bit-for-bit unchanged.
     """
-    if (missing := _unfilled(other_model=other_model, refusal=refusal, unchanged=unchanged)) is not None:
+    if (missing := unfilled(other_model=other_model, refusal=refusal, unchanged=unchanged)) is not None:
         return missing
     before = {n: p.detach().clone() for n, p in other_model.named_parameters()}
     try:
@@ -422,22 +380,22 @@ def check_pack_refusal(other_model: torch.nn.Module | None, pack_path, refusal: 
         with torch.no_grad():
             for n, p in other_model.named_parameters():
                 p.copy_(before[n])
-        return _verdict(False, "this model accepts the pack: it is the pack's own base model. Build a different "
+        return verdict(False, "this model accepts the pack: it is the pack's own base model. Build a different "
                                "base, e.g. type(model)(model.config) (same architecture, other weights).")
     still = all(torch.equal(before[n], p) for n, p in other_model.named_parameters())
     if not still:
-        return _verdict(False, "load_bias_checkpoint changed the model before refusing: report this as a bug.")
+        return verdict(False, "load_bias_checkpoint changed the model before refusing: report this as a bug.")
     if str(refusal) != str(error):
-        return _verdict(False, "`refusal` is not the error load_bias_checkpoint raises for this model. Catch it: "
+        return verdict(False, "`refusal` is not the error load_bias_checkpoint raises for this model. Catch it: "
                                "try: packs.load_bias_checkpoint(other_model, pack_path) "
                                "except ValueError as err: refusal = err")
     if unchanged is not True:
-        return _verdict(False, "`unchanged` should be computed from a copy of the parameters taken before the call "
+        return verdict(False, "`unchanged` should be computed from a copy of the parameters taken before the call "
                                "and compared with torch.equal after it; look again.")
-    return _verdict(True, f"refused with the model unchanged. The reason: {error}")
+    return verdict(True, f"refused with the model unchanged. The reason: {error}")
 
 
-@_never_raises
+@never_raises
 def check_wrong_pair(model: torch.nn.Module, tokenizer, pair: Sequence[str] | None, label: str | None,
                      known_pairs: Sequence[Sequence[str]] = ()) -> CheckResult:
     """Exercise 03.3: a pair of the student's own that the model gets wrong.
@@ -447,40 +405,19 @@ def check_wrong_pair(model: torch.nn.Module, tokenizer, pair: Sequence[str] | No
         label: the true label in the student's judgement (a name from ``model.config.id2label``).
         known_pairs: pairs that do not count (e.g. MRPC dev).
     """
-    if (missing := _unfilled(my_pair=pair, my_label=label)) is not None:
+    if (missing := unfilled(my_pair=pair, my_label=label)) is not None:
         return missing
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(s, str) and s.strip() for s in pair)):
-        return _verdict(False, 'my_pair must be two non-empty sentences: ("sentence 1", "sentence 2").')
+        return verdict(False, 'my_pair must be two non-empty sentences: ("sentence 1", "sentence 2").')
     names = list(model.config.id2label.values())
     if label not in names:
-        return _verdict(False, f"my_label must be one of {names}, got {label!r}.")
+        return verdict(False, f"my_label must be one of {names}, got {label!r}.")
     if tuple(pair) in {tuple(p) for p in known_pairs}:
-        return _verdict(False, "this pair is from MRPC dev: write a pair of your own.")
+        return verdict(False, "this pair is from MRPC dev: write a pair of your own.")
     predicted, probs = predict(model, tokenizer, [tuple(pair)])
     p_text = ", ".join(f"p({n})={probs[0][i]:.3f}" for i, n in enumerate(names))
     if predicted[0] == label:
-        return _verdict(False, f"the model agrees with you ({predicted[0]}; {p_text}). Try a pair whose words "
+        return verdict(False, f"the model agrees with you ({predicted[0]}; {p_text}). Try a pair whose words "
                                "overlap but whose meaning differs: swap who did what, change a number, add 'not'.")
-    return _verdict(True, f"the model says {predicted[0]} ({p_text}), you say {label}.",
+    return verdict(True, f"the model says {predicted[0]} ({p_text}), you say {label}.",
                     predicted=predicted[0], probabilities=probs[0].tolist())
-
-
-# ----- what the exercises need, rebuilt after a kernel restart (seconds, nothing trained) -------------------
-
-
-def rebuild_for_02(run, data_dir, seed: int, max_length: int = 128):
-    """02's sections 0-1 again: the model (same seeded head), tokenizer, splits, sets and BitFit's step cost.
-
-    Returns ``(model, tokenizer, splits, train_set, eval_sets, costs)``, as those sections leave them.
-    """
-    from lab.data import load_mrpc, selection_splits, training_sets
-    from lab.training import measure_step_costs
-
-    set_seed(seed)
-    model, tokenizer = load_model(run.model_name, verbose=False)
-    splits = selection_splits(load_mrpc(data_dir))
-    train_set, eval_sets = training_sets(splits, tokenizer, max_length, run.train_subset, seed)
-    costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit",), batch_size=run.batch_size,
-                               max_length=max_length, bf16=run.bf16)
-    return model, tokenizer, splits, train_set, eval_sets, costs
-

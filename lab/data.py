@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lab.hub import hub_available, quiet_hf
-from lab.tasks import GlueFile, TaskSpec, get_task
+from lab.tasks import DEFAULT_MAX_LENGTH, DEFAULT_SEED, GlueFile, TaskSpec, get_task
 
 LABEL_NAMES = get_task("mrpc").label_names
 #: Environment variables naming the offline folders (see the module docstring).
@@ -247,7 +247,7 @@ def tokenize_task(dataset, tokenizer, task: str | TaskSpec, max_length: int | No
             datasets.enable_progress_bars()
 
 
-def tokenize_pairs(dataset, tokenizer, max_length: int = 128):
+def tokenize_pairs(dataset, tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
     """Tokenize MRPC sentence pairs (``tokenize_task(dataset, tokenizer, "mrpc", max_length)``).
 
     Padding happens per batch in ``DataCollatorWithPadding``, so a batch is only as
@@ -279,8 +279,8 @@ def selection_splits(data, share: float = VALIDATION_SHARE, seed: int = VALIDATI
     return datasets.DatasetDict({"train": parts["train"], "validation": parts["test"], "dev": data["validation"]})
 
 
-def training_sets(splits, tokenizer, max_length: int | None = None, subset: int | None = None, seed: int = 42,
-                  task: str | TaskSpec = "mrpc"):
+def training_sets(splits, tokenizer, max_length: int | None = None, subset: int | None = None,
+                  seed: int = DEFAULT_SEED, task: str | TaskSpec = "mrpc"):
     """The tokenized sets a training needs: ``train`` (or ``subset`` shuffled examples of it) and the eval sets.
 
     Args:

@@ -86,4 +86,9 @@ def _all_roles() -> dict[str, str]:
     return merged
 
 
-bitfit_utils.register_roles(_all_roles(), OTHER_GROUPS)
+def register() -> None:
+    """Register every family's roles with ``bitfit_utils`` (importing this module does it; again is a no-op)."""
+    bitfit_utils.register_roles(_all_roles(), OTHER_GROUPS)
+
+
+register()

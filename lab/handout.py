@@ -1,7 +1,7 @@
 """The lab handout's two recipes, reproduced as written so the lab can show what they really do.
 
 ``02-Train.ipynb`` prints this code and counts what each recipe leaves trainable;
-the study (``study/methods.py``) trains both (methods ``handout_bitfitlora`` and ``adaptive_init``).
+the study (``lab/registry.py``) trains both (methods ``handout_bitfitlora`` and ``adaptive_init``).
 Neither is meant to be used: the lab's own ways are ``lab.methods.apply_lora(model, bias="all")``
 and ``bitfit_utils.apply_bitfit``.
 """

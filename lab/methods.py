@@ -8,8 +8,10 @@ from typing import Sequence
 from torch import nn
 
 import bitfit_utils as bu
-import lab.families  # noqa: F401  (registers other architectures' bias roles)
 from bitfit_utils import apply_bitfit, count_parameters
+from lab import families
+
+families.register()  # other architectures' bias roles, for apply_bitfit and the group tables
 
 #: The groups of peft's own tensors, by the prefix of their names (``lora_A``, ``beft_bias``).
 ADAPTER_GROUPS: tuple[str, ...] = ("lora", "beft")

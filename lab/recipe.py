@@ -12,18 +12,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.registry import METHODS
+from lab.selection import MAX_EPOCHS
+
 #: Where the study writes its tables and ``recipe.json`` (protocol 3).
 STUDY_DIR = "results/v3"
-#: Learning rate per method until the study's grid has chosen one (the middle of each grid).
-DEFAULT_LR: dict[str, float] = {"frozen": 1e-2, "bitfit": 1e-3, "full": 5e-5}
+#: Learning rate per method until the study's grid has chosen one (the registry's ``default_lr``).
+DEFAULT_LR: dict[str, float] = {m: spec.default_lr for m, spec in METHODS.items() if spec.default_lr is not None}
 #: Epochs a run is expected to train before the stopping rule ends it, until the study has measured it.
 EPOCHS_GUESS: dict[str, float] = {"frozen": 10, "bitfit": 11, "full": 7}
-#: The longest any run of 02 trains (the study's cap) and the stopping rule's patience (``lab.selection``).
-MAX_EPOCHS = 20
-
-#: How the notebooks name the study's methods.
-METHOD_NAMES = {"frozen": "Frozen (head only)", "bitfit": "BitFit", "full": "Full FT", "lora": "LoRA",
-                "beft": "BEFT (value)", "beft_all": "BEFT (every Linear)"}
+#: How the notebooks name the study's methods (the registry's labels).
+METHOD_NAMES = {m: spec.label for m, spec in METHODS.items() if spec.label}
 
 
 def read_recipe(results_dir: str | os.PathLike = STUDY_DIR) -> dict | None:

@@ -12,6 +12,8 @@ from typing import Mapping, Sequence
 
 #: The metric that selects: MCC on the validation split carved from train (never dev).
 SELECT_BY = "validation_mcc"
+#: The most epochs any run trains; the stopping rule ends nearly every run before it (the study reports how often not).
+MAX_EPOCHS = 20
 #: Epochs without a better ``SELECT_BY`` after which training stops (every method, every run), counted
 #: once the run has left the majority class (``should_stop``).
 PATIENCE = 3

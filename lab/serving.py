@@ -33,6 +33,7 @@ from torch import nn
 
 import bitfit_utils as bu
 from lab import packs
+from lab.tasks import DEFAULT_MAX_LENGTH
 from lab.packs import base_fingerprint
 
 class BaseChanged(RuntimeError):
@@ -269,7 +270,7 @@ class MultiTaskBitFit:
         return logits  # type: ignore[return-value]
 
     def predict(self, requests: Sequence[tuple[str, str | tuple[str, str]]], tokenizer,
-                max_length: int = 128) -> list[dict[str, Any]]:
+                max_length: int = DEFAULT_MAX_LENGTH) -> list[dict[str, Any]]:
         """Answer ``(task, text)`` / ``(task, (text_a, text_b))`` requests in one mixed forward pass.
 
         Returns:
@@ -397,7 +398,7 @@ def head_labels(meta: dict[str, Any], k: int) -> list[str]:
 
 
 def encode_requests(requests: Sequence[tuple[str, str | tuple[str, str]]], tokenizer,
-                    max_length: int = 128) -> dict[str, torch.Tensor]:
+                    max_length: int = DEFAULT_MAX_LENGTH) -> dict[str, torch.Tensor]:
     """Tokenize ``(task, text)`` and ``(task, (text_a, text_b))`` requests into one padded batch."""
     encoded = []
     for _, text in requests:

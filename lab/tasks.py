@@ -153,6 +153,12 @@ TASKS: dict[str, TaskSpec] = {
     ),
 }
 
+#: The defaults of every function that tokenizes, batches or seeds without being told:
+#: MRPC's length (the lab's task), the batch size and the seed of the lab's runs.
+DEFAULT_MAX_LENGTH = TASKS["mrpc"].max_length
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_SEED = 42
+
 
 def get_task(task: str | TaskSpec) -> TaskSpec:
     """The ``TaskSpec`` named ``task`` (case-insensitive; a ``TaskSpec`` is returned as is).

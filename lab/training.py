@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from lab.models import OFFLINE_MODEL, get_device, load_model
 from lab.selection import SELECT_BY, best_entry, should_stop, tie_break_metric
-from lab.tasks import TaskSpec, get_task
+from lab.tasks import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_SEED, TaskSpec, get_task
 
 
 
@@ -74,7 +74,7 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 
 
 def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str | os.PathLike, *,
-                 learning_rate: float, epochs: float, batch_size: int = 32, seed: int = 42,
+                 learning_rate: float, epochs: float, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = DEFAULT_SEED,
                  warmup: float | None = None, schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
                  select_by: str | None = SELECT_BY, patience: int | None = None, group_by_length: bool = True,
                  bf16: bool = False, task: str | TaskSpec = "mrpc", **overrides: Any):
@@ -323,8 +323,8 @@ def check_long_run(costs: StepCosts, plans: list[PlannedTraining], allowed: bool
 
 
 def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("frozen", "bitfit", "full"), *,
-                       batch_size: int = 32, max_length: int = 128, probe_pairs: int | None = None,
-                       steps: int = 3, bf16: bool = False, clock=time.perf_counter) -> StepCosts:
+                       batch_size: int = DEFAULT_BATCH_SIZE, max_length: int = DEFAULT_MAX_LENGTH,
+                       probe_pairs: int | None = None, steps: int = 3, bf16: bool = False, clock=time.perf_counter) -> StepCosts:
     """Time a few optimizer steps of each method, and the scoring of pairs, on this device.
 
     A probe batch of real training pairs, each cut or padded to the mean length of (up to 256 of)

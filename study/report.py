@@ -26,7 +26,7 @@ from statistics import median
 
 from lab.selection import PATIENCE, SELECT_BY
 from lab.tasks import get_task
-from study.methods import HEADLINE, METHODS
+from lab.registry import HEADLINE, METHODS
 from study.run import (MAX_EPOCHS, OFFLINE_MODEL, RESULTS, TASK_METHODS, choose_head, choose_lrs, kept, machine_hours, read_runs,
                        task_of)
 

@@ -49,18 +49,16 @@ from lab import packs
 from lab.data import load_task, selection_splits, tokenize_task
 from lab.heads import POOLINGS, set_pooling
 from lab.models import OFFLINE_MODEL, load_model
-from lab.selection import PATIENCE, SELECT_BY, best_entry
-from lab.tasks import get_task
+from lab.selection import MAX_EPOCHS, PATIENCE, SELECT_BY, best_entry
+from lab.tasks import DEFAULT_BATCH_SIZE, get_task
 from lab.training import ALWAYS_METRICS, history_frame, make_trainer, set_seed
-from study.methods import HEADLINE, METHODS, checkpoint_bytes, setup
+from lab.registry import HEADLINE, METHODS, checkpoint_bytes, setup
 from study.tools import peak_rss
 
 PROTOCOL = 3
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "v3"
-BATCH_SIZE = 32
-#: A bound on any run's length, the same for every method; the stopping rule decides before it.
-MAX_EPOCHS = 20
+BATCH_SIZE = DEFAULT_BATCH_SIZE
 #: The head check: BitFit at this rate, these seeds, each head of ``POOLINGS``.
 HEAD_CHECK = {"method": "bitfit", "lr": 1e-3, "seeds": (1, 2, 3)}
 #: Epochs of a cost run (no early stop): what an epoch costs with the machine to itself.

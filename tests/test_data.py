@@ -5,14 +5,13 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lab.data import load_mrpc
 from lab.hub import prefetch
-from lab.models import load_model, predict
+from lab.models import predict
 from lab.training import compute_metrics
 from conftest import ROOT, tiny_bert
 

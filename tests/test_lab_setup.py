@@ -14,9 +14,9 @@ import sys
 import types
 from pathlib import Path
 
-import nbformat
 import pytest
 
+from lab import notebook_sync as ns
 from lab import setup as ls
 from conftest import ROOT
 
@@ -298,7 +298,7 @@ def test_ensure_ready_when_pip_leaves_a_package_missing(kernel):
 
 
 def test_ensure_ready_when_pip_fails(kernel):
-    fake = kernel({"torch": "2.13.0+cpu"})
+    kernel({"torch": "2.13.0+cpu"})  # the kernel's packages; pip is the failing runner below
     with pytest.raises(ls.SetupError, match=r"(?s)pip failed \(exit code 1\).*-m pip install .*network"):
         ls.ensure_ready(ROOT, runner=lambda cmd: (1, "ERROR: No matching distribution found for peft"))
 
@@ -338,7 +338,7 @@ def run_cell(cwd, url, colab, extra=""):
     prelude = "import sys, types\n"
     if colab:  # what a Colab kernel has imported before the first cell runs
         prelude += "sys.modules['google.colab'] = types.ModuleType('google.colab')\n"
-    code = prelude + ls.setup_cell_source(url) + "\n" + extra
+    code = prelude + ns.setup_cell_source(url) + "\n" + extra
     env = {k: v for k, v in os.environ.items() if k not in ("COLAB_RELEASE_TAG", "PYTHONPATH")}
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=120)
@@ -381,73 +381,6 @@ def test_setup_cell_outside_the_project_and_not_on_colab(tmp_path, origin):
     proc = run_cell(tmp_path, origin, colab=False)
     assert proc.returncode != 0 and not (tmp_path / "bitfit-lab").exists()  # no clone off Colab
     assert "lab/setup.py is not in" in proc.stderr and "git clone" in proc.stderr
-
-
-# --- generated badges and setup cells agree with REPO_URL --------------------------------------
-
-
-def test_notebooks_and_readme_agree_with_repo_url():
-    assert ls.sync(ROOT, write=False) == [], "run: python -m lab.setup --sync"
-    for name in ls.NOTEBOOKS:
-        cells = _read(ROOT / name)["cells"]
-        assert ls.colab_badge(name) in _source(cells[0])
-        code = [c for c in cells if c["cell_type"] == "code"]
-        assert _source(code[0]) == ls.setup_cell_source() and cells[1] is code[0]
-        assert _source(code[1]).startswith("# Run settings:")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert ls.readme_block() in readme
-    for path in re.findall(r"colab\.research\.google\.com/github/[^/]+/[^/]+/blob/[^/]+/([^)\s]+)", readme):
-        assert (ROOT / path).is_file(), path
-
-
-def test_changing_repo_url_is_one_edit_and_one_command(tmp_path, monkeypatch):
-    project = tmp_path / "lab"
-    project.mkdir()
-    for name in (*ls.NOTEBOOKS, "README.md"):
-        shutil.copy(ROOT / name, project / name)
-    monkeypatch.setattr(ls, "REPO_URL", "https://github.com/someone/other-lab")
-    assert ls.sync(project, write=False) == [*ls.NOTEBOOKS, "README.md"]
-    assert ls.sync(project) == [*ls.NOTEBOOKS, "README.md"]
-    assert ls.sync(project, write=False) == []
-    for name in ls.NOTEBOOKS:
-        old, new = _read(ROOT / name), _read(project / name)
-        nbformat.validate(nbformat.reads(json.dumps(new), as_version=4))
-        assert f"github/someone/other-lab/blob/main/{name})" in _source(new["cells"][0])
-        assert 'REPO_URL = "https://github.com/someone/other-lab"' in _source(new["cells"][1])
-        assert 'Path.cwd() / "other-lab"' in _source(new["cells"][1])
-        assert new["cells"][2:] == old["cells"][2:] and new["metadata"] == old["metadata"]
-    readme = (project / "README.md").read_text(encoding="utf-8")
-    assert "bitfit-lab/bitfit-lab/blob" not in readme and readme.count("someone/other-lab/blob/main/") == 3
-
-
-def test_sync_inserts_the_setup_cell_once_and_adds_the_badge_under_the_title():
-    nb = {"cells": [{"cell_type": "markdown", "id": "t", "metadata": {}, "source": ["# Exercise 1\n", "\n", "Text"]},
-                    {"cell_type": "code", "id": "s", "metadata": {}, "execution_count": 3, "outputs": [],
-                     "source": ["# Run settings: x\n"]}],
-          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-    ls.sync_notebook(nb, "solutions/ex1.ipynb")
-    ls.sync_notebook(nb, "solutions/ex1.ipynb")
-    cells = nb["cells"]
-    assert [c["id"] for c in cells][::2] == ["t", "s"] and len(cells) == 3
-    assert _source(cells[0]) == f"# Exercise 1\n\n{ls.colab_badge('solutions/ex1.ipynb')}\n\nText"
-    assert "blob/main/solutions/ex1.ipynb" in _source(cells[0])
-    assert cells[1]["execution_count"] is None and cells[1]["outputs"] == []
-    assert _source(cells[1]) == ls.setup_cell_source()
-    nbformat.validate(nbformat.from_dict(nb))
-
-
-def test_a_changed_setup_cell_loses_its_stale_outputs():
-    nb = {"cells": [{"cell_type": "code", "id": "a", "metadata": {}, "execution_count": 1,
-                     "outputs": [{"output_type": "stream", "name": "stdout", "text": "old"}],
-                     "source": ["# Setup: old version\n"]}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-    ls.sync_notebook(nb, "x.ipynb")
-    assert len(nb["cells"]) == 1 and nb["cells"][0]["outputs"] == [] and nb["cells"][0]["execution_count"] is None
-
-
-def test_repo_url_must_be_a_github_address_for_badges():
-    with pytest.raises(ValueError, match="https://github.com/owner/name"):
-        ls.colab_badge("01-Setup.ipynb", repo_url="https://gitlab.com/a/b")
-    assert ls.github_path("https://github.com/a/b.git") == "a/b"
 
 
 def test_lab_setup_runs_on_the_standard_library_alone():

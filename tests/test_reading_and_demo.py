@@ -72,7 +72,7 @@ def test_read_demo_finds_bitfit_and_sums_section_times():
 
 
 def test_readme_demo_block_comes_from_the_measurement_file(tmp_path):
-    from benchmarks.update_readme import demo_block
+    from study.pages import demo_block
 
     assert "benchmarks/time_demo.py" in demo_block(tmp_path)  # nothing measured yet: says how to measure
     (tmp_path / "demo_cpu.json").write_text(json.dumps({

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import ROOT
-from benchmarks import update_readme as ur
+from study import pages as ur
 
 PAGES = ("README.md", "results/README.md")
 
@@ -20,13 +20,12 @@ def copy_project(tmp_path):
 
 
 def test_readme_and_results_page_agree_with_committed_results():
-    assert ur.main(["--check"]) == 0, "run: python benchmarks/update_readme.py"
+    assert ur.main(["--check"]) == 0, "run: python -m study.pages"
 
 
 @pytest.mark.parametrize("path, old, new, shown", [
     ("results/v1/curve.md", "| bitfit | 0.10 | 81.5 |", "| bitfit | 0.10 | 81.6 |", "| bitfit | 0.10 | 81.6 |"),
-    ("results/bench_cpu.txt", "ratio BitFit / full FT          : 0.681", "ratio BitFit / full FT          : 0.682",
-     "| 0.682（1,925 / 2,825 ms） |"),
+    ("results/bench_cpu.json", '"bitfit": 1924.72820850071', '"bitfit": 1927.0', "| 0.682（1,927 / 2,825 ms） |"),
 ])
 def test_changing_one_table_cell_makes_the_check_fail(tmp_path, path, old, new, shown):
     root = copy_project(tmp_path)
@@ -54,12 +53,12 @@ def test_prose_outside_the_markers_survives_a_rewrite(tmp_path):
 
 
 def _grid_run(method, lr, seed=0, part="grid"):
-    """A finished run file as compare_methods.run_one writes it, with a made-up two-epoch log."""
-    from benchmarks import compare_methods as cm
+    """A finished run file as study.p2_run.run_one writes it, with a made-up two-epoch log."""
+    from study import p2_protocol as p2
 
     mcc = 0.1 + 10 * lr if method != "full" else 0.3 + 1000 * lr
-    return {"part": part, "method": method, "lr": lr, "seed": seed, "name": cm._name(part, method, lr, seed),
-            "quick": False, "protocol": cm.PROTOCOL, "commit": "0123456789abcdef", "epochs": 2,
+    return {"part": part, "method": method, "lr": lr, "seed": seed, "name": p2._name(part, method, lr, seed),
+            "quick": False, "protocol": p2.PROTOCOL, "commit": "0123456789abcdef", "epochs": 2,
             "trainable": 10, "total": 100, "trainable_pct": 10.0, "checkpoint_bytes": 1000, "device": "cpu",
             "threads": 1, "concurrent_runs": 2, "torch": "2.13.0+cpu", "transformers": "5.24.0",
             "wall_seconds": 120.0, "validation_majority": 0.67, "dev_positive_share": 0.684,
@@ -69,8 +68,9 @@ def _grid_run(method, lr, seed=0, part="grid"):
 
 
 def test_pages_show_the_study_tables_once_they_are_written(tmp_path):
-    from benchmarks import compare_methods as cm
-    from benchmarks.study_report import report
+    from lab.registry import HEADLINE, METHODS
+    from study import p2_protocol as p2
+    from study.p2_report import report
 
     root = copy_project(tmp_path)
     results = root / "results"
@@ -80,18 +80,18 @@ def test_pages_show_the_study_tables_once_they_are_written(tmp_path):
     page = ur.render(root)["results/README.md"]
     assert page.count(ur.NOT_YET) == 4 and "nan" not in page.lower()  # nothing run yet: plain sentences, no NaN
     (results / "runs").mkdir(exist_ok=True)
-    for method in cm.HEADLINE:
-        for lr in cm.METHODS[method].lrs:
+    for method in HEADLINE:
+        for lr in METHODS[method].lrs:
             run = _grid_run(method, lr)
             (results / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
-    report(results)  # what compare_methods.py --report writes: grid, methods, plot (no ablation or tta runs)
+    report(results)  # what python -m study.p2_run --report writes: grid, methods, plot (no ablation or tta runs)
     pages = ur.render(root)
     page, readme = pages["results/README.md"], pages["README.md"]
     assert (results / "grid.md").read_text() in page and (results / "methods.md").read_text() in page
     assert "](methods.png)" in page
     assert page.count(ur.NOT_YET) == 2  # ablations and time-to-accuracy are still to run
-    planned = len(cm.plan(cm.read_runs(results)))
-    grid = sum(len(cm.METHODS[m].lrs) for m in cm.HEADLINE)
+    planned = len(p2.plan(p2.read_runs(results)))
+    grid = sum(len(METHODS[m].lrs) for m in HEADLINE)
     assert f"已完成 {grid} / {planned} 個 run" in page and "0123456" in page
     assert "`bitfit` 77.0（F1 82.0，1 個 seed）" in readme  # one seed: no std
     assert "nan" not in readme.lower() and "要訓練多久" not in readme
@@ -132,3 +132,26 @@ def test_grid_caveats_flag_a_rate_at_the_grid_edge_and_a_best_epoch_that_is_the_
                                        "b,0.001,False,2,0.1,70\nb,0.003,True,3,0.4,75\nb,0.01,False,3,0.2,71\n")
     assert ur.grid_caveats(tmp_path) is None
     assert ur.grid_caveats(tmp_path / "missing") is None
+
+
+def test_bench_figures_read_from_text_agree_with_those_computed_from_json(tmp_path):
+    """bench_cpu.txt (printed, rounded) and bench_cpu.json (raw) of the same run give the same figures."""
+    from study.page_inputs import bench
+
+    shutil.copy(ROOT / "results" / "bench_cpu.txt", tmp_path / "bench_cpu.txt")  # no JSON here: the text is read
+    text, raw = bench(tmp_path, "bench_cpu"), bench(ROOT / "results", "bench_cpu")
+    assert (text["machine"], text["batch"], text["seq_len"]) == (raw["machine"], raw["batch"], raw["seq_len"])
+    assert text["epoch_s"] == pytest.approx(raw["epoch_s"], abs=0.051)
+    got, want = text["shapes"]["minilm"], raw["shapes"]["minilm"]
+    assert set(got) == set(want)
+    for key in ("saves", "shared"):  # the same operators, ms and percent printed without decimals
+        assert list(got[key]) == list(want[key])
+        assert [v for pair in got[key].values() for v in pair] == pytest.approx(
+            [v for pair in want[key].values() for v in pair], abs=0.51)
+    for key, value in want.items():
+        if isinstance(value, tuple):  # a ratio (3 decimals), then MiB or bytes
+            assert got[key][0] == pytest.approx(value[0], abs=6e-4), key
+            assert got[key][1:] == pytest.approx(value[1:], rel=2e-3, abs=0.051), key
+        elif isinstance(value, float):
+            assert got[key] == pytest.approx(value, abs=6e-4), key
+    assert got["step_ms"] == pytest.approx(want["step_ms"], abs=0.051)

@@ -10,7 +10,7 @@ from transformers import (BertConfig, BertForSequenceClassification, DistilBertC
 import bitfit_utils as bu
 from lab.methods import apply_lora, parameter_table, setup_method
 from lab.handout import HandoutBitFitLoRA, handout_adaptive_bias_initialization
-from study.tools import mask_gradients, random_parameter_mask
+from lab.registry import mask_gradients, random_parameter_mask
 from conftest import TINY, tiny_bert
 
 

@@ -8,7 +8,7 @@ import pytest
 from lab.selection import best_entry, selection_key, should_stop
 from study import report as rp
 from study import run as sr
-from study.methods import HEADLINE, METHODS
+from lab.registry import HEADLINE, METHODS
 
 
 def _run(part, method, head, lr, seed, log, **extra):

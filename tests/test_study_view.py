@@ -26,7 +26,7 @@ def fake_recipe(folder, seeds=None):
 
 
 def fake_run(method, lr, seed, part, accuracy, mcc=0.3, epochs=4):
-    """A run file as compare_methods writes it, with a made-up log (validation peaks at epoch 2)."""
+    """A run file as study.p2_run writes it, with a made-up log (validation peaks at epoch 2)."""
     log = [{"epoch": float(e), "train_seconds": 60.0 * e, "train_loss": 0.6,
             **{f"{split}_{metric}": value for split in ("validation", "dev")
                for metric, value in (("loss", 0.5), ("accuracy", accuracy / 100 - 0.02 * abs(e - 2)),
@@ -40,8 +40,8 @@ def fake_run(method, lr, seed, part, accuracy, mcc=0.3, epochs=4):
 @pytest.fixture
 def results(tmp_path):
     """A results folder written by the study's own report from fake runs: frozen, bitfit, full grids done."""
-    from benchmarks.compare_methods import METHODS
-    from benchmarks.study_report import report
+    from lab.registry import METHODS
+    from study.p2_report import report
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -68,7 +68,7 @@ def test_no_results_yet_means_the_defaults_and_no_headline(tmp_path):
 
 
 def test_the_defaults_are_rates_of_the_study_grid():
-    from study.methods import METHODS
+    from lab.registry import METHODS
 
     for method, rate in DEFAULT_LR.items():
         assert rate in METHODS[method].lrs and method in EPOCHS_GUESS
@@ -82,6 +82,14 @@ def test_the_recipe_gives_the_rates_the_stopping_rule_and_the_forecast_epochs(tm
     assert run.note.count("the study's choice") == 3
     plans = {p.label: p for p in planned_trainings(run, 3200, 800)}
     assert plans["section 3: BitFit"].evals == 9  # the forecast: where the study's runs stopped, not the cap
+
+
+def test_the_notebooks_names_and_defaults_are_the_registrys():
+    from lab.recipe import METHOD_NAMES
+    from lab.registry import METHODS
+
+    assert list(METHOD_NAMES.items()) == [(m, spec.label) for m, spec in METHODS.items() if spec.label]
+    assert list(DEFAULT_LR.items()) == [(m, spec.default_lr) for m, spec in METHODS.items() if spec.default_lr is not None]
 
 
 def test_headline_and_its_sentences_say_what_the_table_holds(results):
@@ -207,7 +215,7 @@ def test_read_history_reads_the_table():
 
 
 def test_tta_sentences_give_each_ratio_and_its_cause_from_the_two_runs(tmp_path):
-    from benchmarks.study_report import report_tta
+    from study.p2_report import report_tta
 
     assert tta_sentences(tmp_path) == []  # before the runs: nothing to say
     (tmp_path / "runs").mkdir()

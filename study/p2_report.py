@@ -1,4 +1,4 @@
-"""Tables and plot of the comparison study, rebuilt from its run files (``compare_methods.py --report``).
+"""Tables and plot of protocol 2, rebuilt from its run files (``python -m study.p2_run --report``).
 
 Writes into the results folder:
 
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.compare_methods import HEADLINE, METHODS, TTA_METHODS, choose, kept, read_runs
+from lab.registry import HEADLINE, METHODS
+from study.p2_protocol import TTA_METHODS, choose, kept, read_runs
 
 
 def _cell(value, digits: int | None = None) -> str:

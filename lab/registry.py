@@ -1,9 +1,10 @@
-"""The study's registry of methods: how each sets a model up, what its checkpoint holds, how it is tuned.
+"""The registry of methods: how each sets a model up, what its checkpoint holds, how it is tuned.
 
-One entry per method, used by the study's runner and report, the benchmarks, the notebooks and
-the tests. A headline method has a learning-rate grid (three rates about 3x apart, centred on the
-usual rate for its kind of parameters); an ablation changes one thing of its ``parent`` and uses
-the parent's chosen rate.
+One entry per method, the only one: the study's runners and reports (``study/``), the benchmarks,
+the notebooks (``lab.study``) and the tests all read ``METHODS``. A headline method has a
+learning-rate grid (three rates about 3x apart, centred on the usual rate for its kind of
+parameters); an ablation changes one thing of its ``parent`` and uses the parent's chosen rate.
+The random baseline's masks (:func:`random_parameter_mask`, :func:`mask_gradients`) live here too.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 import bitfit_utils as bu
 from lab import packs
 from lab.handout import HandoutBitFitLoRA, handout_adaptive_bias_initialization
 from lab.methods import BEFT_BERT_ALL_LINEAR, apply_beft, apply_lora, setup_method
-from study.tools import mask_gradients, random_parameter_mask
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class Method:
         seeds: reported seeds at the chosen setting (1..seeds; seed 0 only tunes).
         checkpoint: what a trained run must keep: ``"pack"`` (biases and head), ``"adapter"``
             (peft's saved adapter with the head) or ``"full"`` (the whole model).
+        epochs: the most epochs a run trains where no stopping rule ends it (protocol 2's
+            budget; 02's maximum).
+        label: the method's name in the notebooks' tables and lines.
+        default_lr: the rate 02 trains with until the study has chosen one (02's methods only).
     """
 
     why: str
@@ -40,19 +45,24 @@ class Method:
     parent: str | None = None
     seeds: int = 3
     checkpoint: str = "pack"
+    epochs: int = 6
+    label: str = ""
+    default_lr: float | None = None
 
 
 METHODS: dict[str, Method] = {
-    "frozen": Method("one linear layer on frozen features tolerates large rates", (1e-3, 3e-3, 1e-2)),
+    "frozen": Method("one linear layer on frozen features tolerates large rates", (1e-3, 3e-3, 1e-2),
+                     label="Frozen (head only)", default_lr=1e-2),
     "bitfit": Method("the BitFit paper tunes 1e-4 to 1e-3; biases need ~20x the full-FT rate",
-                     (3e-4, 1e-3, 3e-3), seeds=5),
+                     (3e-4, 1e-3, 3e-3), seeds=5, label="BitFit", default_lr=1e-3),
     "full": Method("the usual BERT grid (2e-5 to 5e-5) and one step up for a 6-layer model",
-                   (2e-5, 5e-5, 1e-4), seeds=5, checkpoint="full"),
+                   (2e-5, 5e-5, 1e-4), seeds=5, checkpoint="full", epochs=4, label="Full FT", default_lr=5e-5),
     "lora": Method("around the LoRA paper's 4e-4 to 5e-4 for base-size encoders (r=8 on query, value)",
-                   (1e-4, 3e-4, 1e-3), seeds=5, checkpoint="adapter"),
+                   (1e-4, 3e-4, 1e-3), seeds=5, checkpoint="adapter", label="LoRA"),
     "beft": Method("BEFT's vectors get exactly the bias gradient (tests/test_families.py): BitFit's grid",
-                   (3e-4, 1e-3, 3e-3), checkpoint="adapter"),
-    "beft_all": Method("as beft, on every attention/FFN Linear layer", (3e-4, 1e-3, 3e-3), checkpoint="adapter"),
+                   (3e-4, 1e-3, 3e-3), checkpoint="adapter", label="BEFT (value)"),
+    "beft_all": Method("as beft, on every attention/FFN Linear layer", (3e-4, 1e-3, 3e-3), checkpoint="adapter",
+                       label="BEFT (every Linear)"),
     "bitfit_qi": Method("BitFit's rate on b_q and b_m2 (query, intermediate) only", parent="bitfit"),
     "random": Method("BitFit's rate on as many random scalars as BitFit trains", parent="bitfit", checkpoint="full"),
     "adaptive_init": Method("BitFit's rate after the handout's adaptive_bias_initialization", parent="bitfit"),
@@ -63,6 +73,46 @@ METHODS: dict[str, Method] = {
                                  checkpoint="adapter"),
 }
 HEADLINE = [m for m, spec in METHODS.items() if spec.parent is None]
+
+
+def random_parameter_mask(model: nn.Module, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Choose ``n`` scalars of the encoder uniformly *without* replacement.
+
+    The random baseline of the BitFit paper trains as many random scalars as
+    BitFit trains biases. Returns boolean masks per parameter name; combine with
+    ``mask_gradients``.
+    """
+    prefix = bu.encoder_prefix(model)
+    params = dict(model.named_parameters())
+    names = [name for name in params if not prefix or name.startswith(prefix + ".")]
+    sizes = [params[name].numel() for name in names]
+    total = sum(sizes)
+    if not 0 < n <= total:
+        raise ValueError(f"n must be in 1..{total}, got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    flat = torch.zeros(total, dtype=torch.bool)
+    flat[torch.randperm(total, generator=gen)[:n]] = True
+    masks, start = {}, 0
+    for name, size in zip(names, sizes):
+        chunk = flat[start : start + size]
+        start += size
+        if chunk.any():
+            masks[name] = chunk.view_as(params[name])
+    return masks
+
+
+def mask_gradients(model: nn.Module, masks: dict[str, torch.Tensor]) -> list:
+    """Train only the masked entries of the named parameters (gradient hooks).
+
+    Unmasked parameters of the encoder are frozen; returns the hook handles.
+    Use an optimizer without weight decay so untouched entries stay exactly fixed.
+    """
+    params = dict(model.named_parameters())
+    handles = []
+    for name, mask in masks.items():
+        params[name].requires_grad = True
+        handles.append(params[name].register_hook(lambda g, m=mask: g * m.to(g.device, g.dtype)))
+    return handles
 
 
 def _random(model: nn.Module, seed: int) -> tuple[nn.Module, int]:

@@ -1,6 +1,6 @@
-"""The comparison study: BitFit against other ways to fine-tune on MRPC, each tuned the same way.
+"""Protocol 2's runner: BitFit against other ways to fine-tune on MRPC, each tuned the same way.
 
-The rule (protocol 2). Every run trains on MRPC train minus a stratified 10 % validation split
+The rule (``study.p2_protocol``). Every run trains on MRPC train minus a stratified 10 % validation split
 (``lab.data.selection_splits``), scores validation and GLUE dev after every epoch and logs both,
 with its training seconds, into its run file. The learning rate and the epoch are chosen on
 **validation MCC** (a constant prediction scores 0, so the majority class cannot win it); dev is
@@ -16,12 +16,12 @@ Stages (``--plan`` lists every run, which are done, and the CPU time left):
 A stage waits until the grid it depends on is complete. Each run happens in its own process and
 writes ``results/runs/<run>.json`` the moment it ends (a killed run leaves nothing and is redone).
 
-    python benchmarks/compare_methods.py --plan              # what is done and left, CPU hours left
-    python benchmarks/compare_methods.py                     # run what is left (resumable)
-    python benchmarks/compare_methods.py --jobs 2 --threads 1   # a 2-core CPU (bench_parallel.py: faster)
-    python benchmarks/compare_methods.py --jobs 8            # a GPU: 8 runs at a time
-    python benchmarks/compare_methods.py --report            # tables and plot from the finished runs
-    python benchmarks/compare_methods.py --quick --out DIR   # smoke test (CI)
+    python -m study.p2_run --plan              # what is done and left, CPU hours left
+    python -m study.p2_run                     # run what is left (resumable)
+    python -m study.p2_run --jobs 2 --threads 1   # a 2-core CPU (benchmarks/bench_parallel.py: faster)
+    python -m study.p2_run --jobs 8            # a GPU: 8 runs at a time
+    python -m study.p2_run --report            # tables and plot from the finished runs (study.p2_report)
+    python -m study.p2_run --quick --out DIR   # smoke test (CI)
 """
 
 from __future__ import annotations
@@ -34,43 +34,20 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import bitfit_utils as bu  # noqa: E402
-from lab import packs  # noqa: E402
-from lab.selection import best_entry  # noqa: E402
-from lab.data import selection_splits, load_mrpc, tokenize_pairs  # noqa: E402
-from lab.models import OFFLINE_MODEL, load_model  # noqa: E402
-from lab.training import history_frame, make_trainer, set_seed  # noqa: E402
-from study.methods import METHODS as REGISTRY  # noqa: E402
-from study.methods import Method, checkpoint_bytes, setup  # noqa: E402
-from study.tools import peak_rss  # noqa: E402
-
-PROTOCOL = 2
-RESULTS = ROOT / "results"
-BATCH_SIZE = 32
-
-
-@dataclass(frozen=True)
-class P2Method(Method):
-    """A method of the registry with protocol 2's budget: the most epochs a run trains."""
-
-    epochs: int = 6
-
-
-# Protocol 2 gave the parameter-efficient methods 6 epochs and Full FT 4 (it fits in 2-3).
-METHODS: dict[str, P2Method] = {name: P2Method(**asdict(spec), epochs=4 if name == "full" else 6)
-                                for name, spec in REGISTRY.items()}
-HEADLINE = [m for m, spec in METHODS.items() if spec.parent is None]
-TTA_METHODS = ("bitfit", "full")
-#: Seconds per epoch (training and both evaluations, 2 threads) until runs of a method have measured it.
-EPOCH_S_GUESS = {"frozen": 40.0, "full": 120.0}
-EPOCH_S_DEFAULT = 90.0
+import bitfit_utils as bu
+from lab import packs
+from lab.data import load_mrpc, selection_splits, tokenize_pairs
+from lab.models import OFFLINE_MODEL, load_model
+from lab.registry import METHODS, checkpoint_bytes, setup
+from lab.training import history_frame, make_trainer, set_seed
+from study.p2_protocol import (BATCH_SIZE, EPOCH_S_DEFAULT, EPOCH_S_GUESS, PROTOCOL, RESULTS, ROOT, epoch_seconds,
+                               machine_hours, plan, read_runs)
+from study.p2_report import report
+from study.tools import peak_rss
 
 
 def _commit() -> str:
@@ -120,75 +97,6 @@ def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
             **packs.library_versions(), "log": log}
 
 
-# ----- selection ----------------------------------------------------------------
-
-
-def kept(run: dict) -> dict:
-    """The epoch the rule keeps (``lab.selection``): best validation MCC, then validation accuracy, then the earliest."""
-    return best_entry(run["log"])
-
-
-def choose(runs: list[dict]) -> dict[str, float]:
-    """The chosen learning rate of every headline method whose grid is complete (on validation only)."""
-    chosen = {}
-    for method in HEADLINE:
-        grid = {r["lr"]: r for r in runs if r["part"] == "grid" and r["method"] == method}
-        if grid and set(grid) >= set(_grid_lrs(method, quick=runs[0].get("quick", False))):
-            best = max(grid.values(), key=lambda r: (kept(r)["validation_mcc"], kept(r)["validation_accuracy"],
-                                                     -r["lr"]))
-            chosen[method] = best["lr"]
-    return chosen
-
-
-def _grid_lrs(method: str, quick: bool) -> tuple[float, ...]:
-    lrs = METHODS[method].lrs
-    return lrs[:2] if quick and method == "bitfit" else lrs[:1] if quick else lrs
-
-
-def _name(part: str, method: str, lr: float | None, seed: int) -> str:
-    return f"{part}-{method}-lr{lr:g}-s{seed}" if lr is not None else f"{part}-{method}-lr?-s{seed}"
-
-
-def plan(runs: list[dict], quick: bool = False) -> list[dict]:
-    """Every run of the protocol; ``lr`` is None where it waits for a grid to be complete."""
-    chosen = choose(runs) if runs else {}
-    specs = [{"part": "grid", "method": m, "lr": lr, "seed": 0} for m in HEADLINE for lr in _grid_lrs(m, quick)]
-    for method in HEADLINE:
-        seeds = (2 if method == "bitfit" else 1) if quick else METHODS[method].seeds
-        specs += [{"part": "seeds", "method": method, "lr": chosen.get(method), "seed": s} for s in range(1, seeds)]
-    for method, spec in METHODS.items():
-        if spec.parent:
-            specs += [{"part": "ablation", "method": method, "lr": chosen.get(spec.parent), "seed": s}
-                      for s in range(1 if quick else 3)]
-    specs += [{"part": "tta", "method": m, "lr": chosen.get(m), "seed": 0} for m in TTA_METHODS]
-    for s in specs:
-        s["name"] = _name(s["part"], s["method"], s["lr"], s["seed"])
-        s["quick"] = quick
-    return specs
-
-
-def read_runs(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
-
-
-def epoch_seconds(runs: list[dict]) -> dict[str, float]:
-    """Machine seconds per epoch (training and evaluations) per method, measured on this CPU."""
-    seconds: dict[str, list[float]] = {}
-    for r in runs:  # k runs side by side each took k times their share of the machine
-        if r["device"] == "cpu" and not r.get("quick"):
-            seconds.setdefault(r["method"], []).append(r["wall_seconds"] / r["epochs"] / r["concurrent_runs"])
-    return {m: sum(v) / len(v) for m, v in seconds.items()}
-
-
-def machine_hours(runs: list[dict]) -> dict[str, float]:
-    """Hours of each device the finished runs took: a run's wall time divided by the runs it shared the device with."""
-    hours: dict[str, float] = {}
-    for r in runs:
-        if not r.get("quick"):
-            hours[r["device"]] = hours.get(r["device"], 0.0) + r["wall_seconds"] / r["concurrent_runs"] / 3600
-    return hours
-
-
 def show_plan(folder: Path, quick: bool) -> None:
     """Print every run, done or not, and the CPU hours left (from measured seconds per epoch)."""
     runs = read_runs(folder)
@@ -223,10 +131,11 @@ def run_left(folder: Path, quick: bool, jobs: int, threads: int | None) -> None:
         alone = spec["part"] == "tta"  # time-to-accuracy: one run at a time, every thread
         n, t = (1, None) if alone else (jobs, threads)
         print(f"run {spec['name']}", flush=True)
-        cmd = [sys.executable, __file__, "--run", json.dumps(spec), "--out", str(folder), "--jobs", str(n)]
+        cmd = [sys.executable, "-m", "study.p2_run", "--run", json.dumps(spec), "--out", str(folder.resolve()),
+               "--jobs", str(n)]
         env = {**os.environ, **({"OMP_NUM_THREADS": str(t)} if t else {})}
         subprocess.run(cmd + (["--quick"] if quick else []) + (["--threads", str(t)] if t else []),
-                       check=True, env=env)
+                       check=True, env=env, cwd=ROOT)
 
     while True:
         done = {p.stem for p in (folder / "runs").glob("*.json")}
@@ -264,8 +173,6 @@ def main() -> None:
         return
     if not args.report:
         run_left(args.out, args.quick, args.jobs, args.threads)
-    from benchmarks.study_report import report
-
     report(args.out)
 
 

@@ -1,21 +1,19 @@
-"""The comparison study: trainable counts are exactly as claimed, and --quick runs end to end."""
+"""Protocol 2's study: the registry's trainable counts are exactly as claimed; the rule, plan and report."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, str(__import__("conftest").ROOT / "benchmarks"))
-import compare_methods as cm  # noqa: E402
-
-import bitfit_utils as bu  # noqa: E402
-from conftest import ROOT, tiny_bert  # noqa: E402
+import bitfit_utils as bu
+from conftest import tiny_bert
+from lab.registry import HEADLINE, METHODS, setup
+from study import p2_protocol as p2
+from study import p2_report
 
 
 def counts():
-    return {m: cm.setup(tiny_bert(), m, seed=0)[1] for m in cm.METHODS}
+    return {m: setup(tiny_bert(), m, seed=0)[1] for m in METHODS}
 
 
 def test_trainable_counts_are_exactly_as_expected():
@@ -40,15 +38,15 @@ def test_trainable_counts_are_exactly_as_expected():
 def test_adaptive_init_overwrites_pretrained_biases():
     model = tiny_bert()
     before = model.bert.encoder.layer[0].intermediate.dense.bias.detach().clone()
-    cm.setup(model, "adaptive_init", seed=0)
+    setup(model, "adaptive_init", seed=0)
     after = model.bert.encoder.layer[0].intermediate.dense.bias
     assert not (before == after).any()
 
 
 def test_random_baseline_moves_only_the_masked_entries_and_the_head():
-    from study.tools import random_parameter_mask
+    from lab.registry import random_parameter_mask
 
-    model, n = cm.setup(tiny_bert(), "random", seed=1)
+    model, n = setup(tiny_bert(), "random", seed=1)
     groups = bu.parameter_groups(model)
     head = sum(p.numel() for name, p in model.named_parameters() if groups[name] == "head")
     masks = random_parameter_mask(tiny_bert(), n - head, seed=1)  # the same draw setup made
@@ -76,7 +74,7 @@ def test_random_baseline_moves_only_the_masked_entries_and_the_head():
 
 def _run(method, lr, seed, part, log, **extra):
     """A run file as run_one writes it, with a made-up per-epoch log [(val_mcc, val_acc, dev_acc), ...]."""
-    return {"part": part, "method": method, "lr": lr, "seed": seed, "name": cm._name(part, method, lr, seed),
+    return {"part": part, "method": method, "lr": lr, "seed": seed, "name": p2._name(part, method, lr, seed),
             "quick": False, "epochs": len(log), "trainable": 10, "total": 100, "trainable_pct": 10.0,
             "checkpoint_bytes": 1000, "device": "cpu", "concurrent_runs": 1, "wall_seconds": 60.0 * len(log),
             "validation_majority": 0.67, "dev_positive_share": 0.684,
@@ -88,55 +86,52 @@ def _run(method, lr, seed, part, log, **extra):
 def test_selection_looks_at_validation_only():
     # epoch 2 is best on dev, epoch 1 on validation MCC: the rule keeps epoch 1
     run = _run("bitfit", 1e-3, 0, "grid", [(0.40, 0.75, 0.70), (0.30, 0.74, 0.90)])
-    assert cm.kept(run)["epoch"] == 1.0
+    assert p2.kept(run)["epoch"] == 1.0
     # a majority-class epoch (MCC 0) never wins, however its F1 or accuracy look
     run = _run("bitfit", 1e-3, 0, "grid", [(0.0, 0.99, 0.99), (0.05, 0.60, 0.60)])
-    assert cm.kept(run)["epoch"] == 2.0
+    assert p2.kept(run)["epoch"] == 2.0
     # the rate: best validation MCC at the kept epoch, whatever dev says
     grid = [_run("full", lr, 0, "grid", [(mcc, 0.7, dev)]) for lr, mcc, dev in
             ((2e-5, 0.2, 0.95), (5e-5, 0.5, 0.60), (1e-4, 0.4, 0.99))]
-    assert cm.choose(grid) == {"full": 5e-5}
-    assert "bitfit" not in cm.choose(grid[:2])  # an incomplete grid chooses nothing
+    assert p2.choose(grid) == {"full": 5e-5}
+    assert "bitfit" not in p2.choose(grid[:2])  # an incomplete grid chooses nothing
 
 
 def test_plan_waits_for_the_grid_then_fills_in_the_chosen_rate():
-    empty = cm.plan([])
+    empty = p2.plan([])
     grid = [s for s in empty if s["part"] == "grid"]
-    assert len(grid) == sum(len(cm.METHODS[m].lrs) for m in cm.HEADLINE)
-    assert all(len(cm.METHODS[m].lrs) == 3 for m in cm.HEADLINE)  # the same tuning effort for every method
+    assert len(grid) == sum(len(METHODS[m].lrs) for m in HEADLINE)
+    assert all(len(METHODS[m].lrs) == 3 for m in HEADLINE)  # the same tuning effort for every method
     assert all(s["lr"] is None for s in empty if s["part"] != "grid")
-    seeds = {m: 1 + sum(s["method"] == m and s["part"] == "seeds" for s in empty) for m in cm.HEADLINE}
+    seeds = {m: 1 + sum(s["method"] == m and s["part"] == "seeds" for s in empty) for m in HEADLINE}
     assert seeds == {"frozen": 3, "bitfit": 5, "full": 5, "lora": 5, "beft": 3, "beft_all": 3}
     runs = [_run("bitfit", lr, 0, "grid", [(mcc, 0.7, 0.7)]) for lr, mcc in ((3e-4, 0.1), (1e-3, 0.3), (3e-3, 0.2))]
-    planned = cm.plan(runs)
+    planned = p2.plan(runs)
     assert {s["lr"] for s in planned if s["method"] in ("bitfit", "bitfit_qi", "random", "adaptive_init")
             and s["part"] != "grid"} == {1e-3}
     assert {s["lr"] for s in planned if s["method"] in ("lora", "bitfit_lora") and s["part"] != "grid"} == {None}
 
 
 def test_time_to_accuracy_reads_the_per_epoch_log(tmp_path):
-    from benchmarks import study_report
-
     full = _run("full", 5e-5, 0, "tta", [(0.3, 0.70, 0.7), (0.4, 0.80, 0.8)])
     bitfit = _run("bitfit", 1e-3, 0, "tta", [(0.0, 0.67, 0.7), (0.2, 0.73, 0.7), (0.4, 0.81, 0.8)])
-    assert study_report.time_to(bitfit, 0.72) == 100.0 and study_report.time_to(full, 0.72) == 100.0
-    assert study_report.time_to(bitfit, 0.80) == 150.0
-    assert study_report.time_to(bitfit, 0.95) != study_report.time_to(bitfit, 0.95)  # NaN: never reached
+    assert p2_report.time_to(bitfit, 0.72) == 100.0 and p2_report.time_to(full, 0.72) == 100.0
+    assert p2_report.time_to(bitfit, 0.80) == 150.0
+    assert p2_report.time_to(bitfit, 0.95) != p2_report.time_to(bitfit, 0.95)  # NaN: never reached
     (tmp_path / "runs").mkdir()
     for run in (full, bitfit):
         (tmp_path / "runs" / f"{run['name']}.json").write_text(json.dumps(run))
-    study_report.report_tta([full, bitfit], tmp_path)
+    p2_report.report_tta([full, bitfit], tmp_path)
     text = (tmp_path / "tta.md").read_text()
     assert "majority_plus_5" in text and "full_ft_best" in text
 
 
 def test_markdown_keeps_declared_decimals():
     import pandas as pd
-    from benchmarks.study_report import markdown
 
     table = pd.DataFrame({"trainable": [26882], "f1_mean": [84.0], "f1_std": [float("nan")]},
                          index=pd.Index(["full"], name="method"))
-    text = markdown(table, {"f1_mean": 1, "f1_std": 1})
+    text = p2_report.markdown(table, {"f1_mean": 1, "f1_std": 1})
     assert text.splitlines()[2] == "| full | 26,882 | 84.0 | – |"
 
 
@@ -145,5 +140,5 @@ def test_machine_hours_share_the_wall_time_among_runs_side_by_side():
             {"device": "cpu", "wall_seconds": 1800.0, "concurrent_runs": 1},   # all of it for half an hour
             {"device": "cuda", "wall_seconds": 360.0, "concurrent_runs": 4},
             {"device": "cpu", "wall_seconds": 9999.0, "concurrent_runs": 1, "quick": True}]  # a smoke test: not counted
-    hours = cm.machine_hours(runs)
+    hours = p2.machine_hours(runs)
     assert hours["cpu"] == pytest.approx(1.5) and hours["cuda"] == pytest.approx(0.025) and set(hours) == {"cpu", "cuda"}

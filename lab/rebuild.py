@@ -1,0 +1,25 @@
+"""What 02's exercises need from sections 0-1, rebuilt after a kernel restart (seconds, nothing trained)."""
+
+from __future__ import annotations
+
+from lab.models import load_model
+from lab.tasks import DEFAULT_MAX_LENGTH
+from lab.training import set_seed
+
+
+def rebuild_for_02(run, data_dir, seed: int, max_length: int = DEFAULT_MAX_LENGTH):
+    """02's sections 0-1 again: the model (same seeded head), tokenizer, splits, sets and BitFit's step cost.
+
+    Returns ``(model, tokenizer, splits, train_set, eval_sets, costs)``, as those sections leave them.
+    """
+    from lab.data import load_mrpc, selection_splits, training_sets
+    from lab.training import measure_step_costs
+
+    set_seed(seed)
+    model, tokenizer = load_model(run.model_name, verbose=False)
+    splits = selection_splits(load_mrpc(data_dir))
+    train_set, eval_sets = training_sets(splits, tokenizer, max_length, run.train_subset, seed)
+    costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit",), batch_size=run.batch_size,
+                               max_length=max_length, bf16=run.bf16)
+    return model, tokenizer, splits, train_set, eval_sets, costs
+
