@@ -6,7 +6,8 @@
 - ``lab.tasks``: the GLUE tasks (MRPC, SST-2, CoLA, RTE), one ``TaskSpec`` entry each.
 - ``lab.data``: a task's data (MRPC by default) from a local folder or the Hub; tokenizing; the lab's splits.
 - ``lab.models``: loading the model (Hub or the offline MiniLM); device; prediction.
-- ``lab.training``: the Trainer set up the lab's way; metrics; history; the time estimate before training.
+- ``lab.training``: the Trainer set up the lab's way; metrics; the stopping rule's callbacks; history.
+- ``lab.timing``: how long a notebook's trainings will take here, told before they start.
 - ``lab.analysis``: training curves, bias changes, sizes and latency.
 - ``lab.packs``: bias packs: save, read and load the trained biases and head of one task.
 - ``lab.methods``: the methods compared with BitFit: frozen and full baselines, LoRA, BEFT (peft).

@@ -13,7 +13,7 @@ def rebuild_for_02(run, data_dir, seed: int, max_length: int = DEFAULT_MAX_LENGT
     Returns ``(model, tokenizer, splits, train_set, eval_sets, costs)``, as those sections leave them.
     """
     from lab.data import load_mrpc, selection_splits, training_sets
-    from lab.training import measure_step_costs
+    from lab.timing import measure_step_costs
 
     set_seed(seed)
     model, tokenizer = load_model(run.model_name, verbose=False)

@@ -132,7 +132,7 @@ def planned_trainings(run: RunSettings, train_pairs: int, eval_pairs: int):
 
     Each is planned for the epochs the stopping rule is expected to let it run (``run.expected_epochs``).
     """
-    from lab.training import plan_training
+    from lab.timing import plan_training
 
     n = run.train_subset or train_pairs
     epochs = {m: min(run.epochs[m], math.ceil(run.expected_epochs.get(m, run.epochs[m]))) for m in run.epochs}
@@ -148,7 +148,7 @@ def forecast(model, tokenizer, splits, run: RunSettings, max_length: int = 128):
     Returns:
         ``(costs, plans, text)``: the measured ``StepCosts``, the ``planned_trainings`` and what to print.
     """
-    from lab.training import measure_step_costs, time_estimate_text
+    from lab.timing import measure_step_costs, time_estimate_text
 
     plans = planned_trainings(run, len(splits["train"]), len(splits["validation"]) + len(splits["dev"]))
     costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit", *run.section_6), batch_size=run.batch_size,
@@ -171,7 +171,7 @@ def exercise_3_text(costs, run: RunSettings, splits, model_name: str, bitfit_run
 
     ``bitfit_run`` is section 3's trainer, or the path of its pack after a kernel restart.
     """
-    from lab.training import estimate_trainings
+    from lab.timing import estimate_trainings
 
     eval_pairs = len(splits["validation"]) + len(splits["dev"])
     seconds = estimate_trainings(costs, planned_trainings(run, len(splits["train"]), eval_pairs))["exercise 3"]

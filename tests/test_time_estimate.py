@@ -3,10 +3,11 @@
 import pytest
 
 import bitfit_utils as bu
-import lab.training
+import lab.timing
 from lab.data import tokenize_pairs
 from lab.models import OFFLINE_MODEL
-from lab.training import faster_paths, make_trainer
+from lab.timing import faster_paths
+from lab.training import make_trainer
 
 
 def test_make_trainer_prints_one_line_per_epoch_without_a_progress_table(model, tokenizer, tmp_path, capsys):
@@ -32,7 +33,7 @@ def test_the_faster_paths_name_the_offline_model_only_when_another_is_in_use():
 
 # -- the estimate of a whole notebook, printed before it trains --------------------------------
 
-from lab.training import (LONG_RUN_S, LongRunStopped, StepCosts, check_long_run, estimate_trainings,  # noqa: E402
+from lab.timing import (LONG_RUN_S, LongRunStopped, StepCosts, check_long_run, estimate_trainings,  # noqa: E402
                           measure_step_costs, plan_training, planned_seconds, time_estimate_text)
 
 
@@ -79,7 +80,7 @@ def test_measuring_times_a_few_steps_per_method_and_leaves_the_model_as_it_was(m
     import datasets
     import torch
 
-    monkeypatch.setattr(lab.training, "get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(lab.timing, "get_device", lambda: torch.device("cpu"))
     ticks = iter(range(1000))  # a fake clock: every reading is one second after the previous one
     pairs = datasets.Dataset.from_dict({"sentence1": ["the cat", "a cat sat"] * 4, "sentence2": ["a cat"] * 8})
     bu.apply_bitfit(model)
@@ -101,7 +102,7 @@ def test_one_step_slowed_by_another_program_does_not_count(model, tokenizer, mon
     import datasets
     import torch
 
-    monkeypatch.setattr(lab.training, "get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(lab.timing, "get_device", lambda: torch.device("cpu"))
     readings = iter([0, 1, 1, 11, 11, 12] + [12, 13, 13, 14, 14, 15])  # bitfit: 1 s, 10 s, 1 s; scoring: 1 s each
     pairs = datasets.Dataset.from_dict({"sentence1": ["the cat"] * 4, "sentence2": ["a cat"] * 4})
     measured = measure_step_costs(model, tokenizer, pairs, ("bitfit",), batch_size=4, steps=3,
@@ -128,7 +129,7 @@ def test_measuring_with_bf16_times_the_steps_under_autocast(model, tokenizer, mo
     import datasets
     import torch
 
-    monkeypatch.setattr(lab.training, "get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(lab.timing, "get_device", lambda: torch.device("cpu"))
     seen = []
     model.bert.encoder.layer[0].attention.self.query.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
     pairs = datasets.Dataset.from_dict({"sentence1": ["the cat"] * 4, "sentence2": ["a cat"] * 4})
