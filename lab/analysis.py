@@ -127,18 +127,42 @@ def bias_changes(base_model: nn.Module, tuned_model: nn.Module):
         A DataFrame, one row per encoder layer (plus ``embeddings``/``pooler``
         rows for those groups), one column per bias group.
     """
+    base = dict(base_model.named_parameters())
+    tuned = dict(tuned_model.named_parameters())
+    groups = parameter_groups(tuned_model)
+    names = [n for n, g in groups.items() if g in bu.BIAS_GROUPS]
+    for name in names:
+        if name not in base or base[name].shape != tuned[name].shape:
+            raise ValueError(f"'{name}' is missing or differs in shape in the base model: compare the same architecture.")
+    return bias_changes_from_tensors({n: base[n] for n in names}, {n: tuned[n] for n in names}, groups)
+
+
+def bias_changes_from_tensors(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
+                              groups: dict[str, str]):
+    """:func:`bias_changes` from bias tensors rather than models (a pack's tensors against the base's).
+
+    Args:
+        base: the base model's biases by parameter name.
+        tuned: the tuned biases by name (e.g. a pack's tensors; names not in ``groups``' bias groups,
+            such as the head, are ignored).
+        groups: parameter name -> group (``parameter_groups`` of the model).
+
+    Returns:
+        The DataFrame :func:`bias_changes` returns.
+
+    Raises:
+        ValueError: a bias of ``tuned`` that ``base`` lacks or has in another shape.
+    """
     import pandas as pd
 
-    base = dict(base_model.named_parameters())
     diffs: dict[str, dict[str, list[torch.Tensor]]] = {}
-    for name, group in parameter_groups(tuned_model).items():
-        if group not in bu.BIAS_GROUPS:
+    for name, group in groups.items():
+        if group not in bu.BIAS_GROUPS or name not in tuned:
             continue
-        tuned = dict(tuned_model.named_parameters())[name]
-        if name not in base or base[name].shape != tuned.shape:
+        if name not in base or base[name].shape != tuned[name].shape:
             raise ValueError(f"'{name}' is missing or differs in shape in the base model: compare the same architecture.")
         layer = _layer_label(name) or group.split("_")[0]
-        diff = (base[name].detach().float().cpu() - tuned.detach().float().cpu()).abs().flatten()
+        diff = (base[name].detach().float().cpu() - tuned[name].detach().float().cpu()).abs().flatten()
         diffs.setdefault(layer, {}).setdefault(group, []).append(diff)
     rows = {layer: {g: torch.cat(d).mean().item() for g, d in cells.items()} for layer, cells in diffs.items()}
     order = sorted(rows, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))
