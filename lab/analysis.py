@@ -253,3 +253,24 @@ def switch_packs(model: nn.Module, tokenizer, pack_paths, probe_pairs) -> dict:
     params = dict(model.named_parameters())
     restored = all(torch.equal(params[name].detach().cpu(), tensor) for name, tensor in tensors.items())
     return {"ms": ms, "restored": restored, "same_probabilities": bool(np.array_equal(before, after))}
+
+
+def requests_frame(requests, answers, switched=None):
+    """A table of mixed-task requests and their answers (``MultiTaskBitFit.predict``): task, text, label, p(label).
+
+    Args:
+        requests: ``(task, text)`` or ``(task, (text_a, text_b))`` pairs.
+        answers: ``MultiTaskBitFit.predict``'s answers, one per request.
+        switched: the probabilities the same requests got one at a time after ``switch`` (optional): adds
+            the largest difference per request.
+    """
+    import pandas as pd
+
+    text = lambda t: t if isinstance(t, str) else f"{t[0]} || {t[1]}"  # noqa: E731
+    table = pd.DataFrame({"task": [task for task, _ in requests], "request": [text(t) for _, t in requests],
+                          "answer": [a["label"] for a in answers],
+                          "p(answer)": [round(max(a["probs"]), 3) for a in answers]})
+    if switched is not None:
+        table["|Δp| vs switching"] = [float(np.abs(np.asarray(a["probs"]) - np.asarray(s)).max())
+                                      for a, s in zip(answers, switched)]
+    return table
