@@ -168,7 +168,7 @@ def consistency_sentence(result: Consistency, titles: Mapping[str, str] | None =
     both = lambda groups: " and ".join(groups)  # noqa: E731
     tasks = ", ".join(name(t) for t in result.tasks)
     k = len(next(iter(result.top.values())))
-    claim = f"{SOURCE} say {both(result.claimed)} move most"
+    claim = f"{both(result.claimed)}, which {SOURCE} say move most,"
     rho = ("" if result.min_rank_correlation != result.min_rank_correlation
            else f" The groups' rank orders agree between any two tasks with Spearman's rho >= "
                 f"{result.min_rank_correlation:.2f}.")
@@ -177,11 +177,11 @@ def consistency_sentence(result: Consistency, titles: Mapping[str, str] | None =
                 f"layers, are {both(result.claimed)}, as {SOURCE} say.{rho}")
     per_task = "; ".join(f"{name(t)}: {', '.join(g)}" for t, g in result.top.items())
     if result.same_top:
-        return (f"No: the same {k} groups moved most on every task ({per_task}), but they are not the ones "
-                f"{claim}.{rho}")
+        return (f"No: the same {k} groups moved most on every task ({per_task}), but they are not "
+                f"{claim[:-1]}.{rho}")
     agree = sum(result.matches_claim.values())
-    return (f"No: the {k} groups that moved most differ between tasks ({per_task}); {claim}, which holds on "
-            f"{agree} of {len(result.tasks)} tasks.{rho}")
+    return (f"No: the {k} groups that moved most differ between tasks ({per_task}); {claim} are the top "
+            f"{k} on {agree} of {len(result.tasks)} tasks.{rho}")
 
 
 def plot_consistency(changes_by_task: Mapping[str, object], titles: Mapping[str, str] | None = None,
