@@ -144,7 +144,11 @@ def compare_tasks(profiles: Mapping[str, object], k: int | None = None,
         raise ValueError("No task to compare: give one group profile per task.")
     claimed = tuple(claimed)
     k = k or len(claimed)
+    import bitfit_utils as bu
+
     table = pd.DataFrame({t: p for t, p in profiles.items()}).dropna()
+    known = [g for g in bu.BIAS_GROUPS if g in table.index]
+    table = table.reindex(known + sorted(set(table.index) - set(known)))  # the lab's group order
     if len(table) < k:
         raise ValueError(f"Only {len(table)} bias groups are common to every task ({list(table.index)}); "
                          f"need at least {k} to compare the top {k}.")
@@ -197,7 +201,7 @@ def plot_consistency(changes_by_task: Mapping[str, object], titles: Mapping[str,
 
     tasks = list(changes_by_task)
     first = next(iter(changes_by_task.values()))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(0.6 + (1.0 + 0.6 * first.shape[1]) * len(tasks),
+    fig, axes = plt.subplots(1, len(tasks), figsize=(0.6 + (1.0 + 0.38 * first.shape[1]) * len(tasks),
                                                      1.2 + 0.38 * first.shape[0]), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         changes = changes_by_task[task]
