@@ -159,18 +159,42 @@ def bias_changes(base_model: nn.Module, tuned_model: nn.Module):
         A DataFrame, one row per encoder layer (plus ``embeddings``/``pooler``
         rows for those groups), one column per bias group.
     """
+    base = dict(base_model.named_parameters())
+    tuned = dict(tuned_model.named_parameters())
+    groups = parameter_groups(tuned_model)
+    names = [n for n, g in groups.items() if g in bu.BIAS_GROUPS]
+    for name in names:
+        if name not in base or base[name].shape != tuned[name].shape:
+            raise ValueError(f"'{name}' is missing or differs in shape in the base model: compare the same architecture.")
+    return bias_changes_from_tensors({n: base[n] for n in names}, {n: tuned[n] for n in names}, groups)
+
+
+def bias_changes_from_tensors(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
+                              groups: dict[str, str]):
+    """:func:`bias_changes` from bias tensors rather than models (a pack's tensors against the base's).
+
+    Args:
+        base: the base model's biases by parameter name.
+        tuned: the tuned biases by name (e.g. a pack's tensors; names not in ``groups``' bias groups,
+            such as the head, are ignored).
+        groups: parameter name -> group (``parameter_groups`` of the model).
+
+    Returns:
+        The DataFrame :func:`bias_changes` returns.
+
+    Raises:
+        ValueError: a bias of ``tuned`` that ``base`` lacks or has in another shape.
+    """
     import pandas as pd
 
-    base = dict(base_model.named_parameters())
     diffs: dict[str, dict[str, list[torch.Tensor]]] = {}
-    for name, group in parameter_groups(tuned_model).items():
-        if group not in bu.BIAS_GROUPS:
+    for name, group in groups.items():
+        if group not in bu.BIAS_GROUPS or name not in tuned:
             continue
-        tuned = dict(tuned_model.named_parameters())[name]
-        if name not in base or base[name].shape != tuned.shape:
+        if name not in base or base[name].shape != tuned[name].shape:
             raise ValueError(f"'{name}' is missing or differs in shape in the base model: compare the same architecture.")
         layer = _layer_label(name) or group.split("_")[0]
-        diff = (base[name].detach().float().cpu() - tuned.detach().float().cpu()).abs().flatten()
+        diff = (base[name].detach().float().cpu() - tuned[name].detach().float().cpu()).abs().flatten()
         diffs.setdefault(layer, {}).setdefault(group, []).append(diff)
     rows = {layer: {g: torch.cat(d).mean().item() for g, d in cells.items()} for layer, cells in diffs.items()}
     order = sorted(rows, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))
@@ -261,3 +285,24 @@ def switch_packs(model: nn.Module, tokenizer, pack_paths, probe_pairs) -> dict:
     params = dict(model.named_parameters())
     restored = all(torch.equal(params[name].detach().cpu(), tensor) for name, tensor in tensors.items())
     return {"ms": ms, "restored": restored, "same_probabilities": bool(np.array_equal(before, after))}
+
+
+def requests_frame(requests, answers, switched=None):
+    """A table of mixed-task requests and their answers (``MultiTaskBitFit.predict``): task, text, label, p(label).
+
+    Args:
+        requests: ``(task, text)`` or ``(task, (text_a, text_b))`` pairs.
+        answers: ``MultiTaskBitFit.predict``'s answers, one per request.
+        switched: the probabilities the same requests got one at a time after ``switch`` (optional): adds
+            the largest difference per request.
+    """
+    import pandas as pd
+
+    text = lambda t: t if isinstance(t, str) else f"{t[0]} || {t[1]}"  # noqa: E731
+    table = pd.DataFrame({"task": [task for task, _ in requests], "request": [text(t) for _, t in requests],
+                          "answer": [a["label"] for a in answers],
+                          "p(answer)": [round(max(a["probs"]), 3) for a in answers]})
+    if switched is not None:
+        table["|Δp| vs switching"] = [float(np.abs(np.asarray(a["probs"]) - np.asarray(s)).max())
+                                      for a, s in zip(answers, switched)]
+    return table

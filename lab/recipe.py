@@ -111,8 +111,7 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
             + (f"batch {d['batch_size']} instead of {batch_size}; " if d["batch_size"] != batch_size else "")
             + f"BitFit at lr {lr_text(d['bitfit_lr'])} for {d['epochs']['bitfit']} epochs, no early stop (not the "
               "stopping rule above); "
-            + ("Frozen and Full FT are not trained (section 6 shows the study's seeds; 03's section 6 needs the "
-               "Frozen pack that only the full settings write). " if not d["section_6"] else "")
+            + ("Frozen and Full FT are not trained (section 6 shows the study's seeds). " if not d["section_6"] else "")
             + "One seed, fewer steps: lower and noisier scores than the full settings.")
         bf16 = d["bf16"] and cpu_has_native_bf16()
         if d["bf16"]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lab.models import OFFLINE_MODEL, get_device
-from lab.tasks import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
+from lab.tasks import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, get_task
 
 #: A notebook whose trainings are estimated longer than this (seconds) stops before training
 #: unless the student says it may run (02's ALLOW_LONG_RUN).
@@ -132,7 +132,8 @@ def check_long_run(costs: StepCosts, plans: list[PlannedTraining], allowed: bool
 
 def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("frozen", "bitfit", "full"), *,
                        batch_size: int = DEFAULT_BATCH_SIZE, max_length: int = DEFAULT_MAX_LENGTH,
-                       probe_pairs: int | None = None, steps: int = 3, bf16: bool = False, clock=time.perf_counter) -> StepCosts:
+                       probe_pairs: int | None = None, steps: int = 3, bf16: bool = False, clock=time.perf_counter,
+                       task: str = "mrpc") -> StepCosts:
     """Time a few optimizer steps of each method, and the scoring of pairs, on this device.
 
     A probe batch of real training pairs, each cut or padded to the mean length of (up to 256 of)
@@ -150,6 +151,7 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
         steps: timed steps per method.
         bf16: time the steps under bf16 autocast, as ``make_trainer(bf16=True)`` trains.
         clock: seconds as a float (tests pass a fake clock).
+        task: whose text columns make the probe batch (a pair or one sentence; ``lab.tasks``).
     """
     import statistics
 
@@ -158,11 +160,11 @@ def measure_step_costs(model, tokenizer, pairs, methods: tuple[str, ...] = ("fro
     device = get_device()
     probe = probe_pairs or batch_size
     sample = pairs.select(range(min(len(pairs), 256)))
-    first, second = list(sample["sentence1"]), list(sample["sentence2"])
-    lengths = [len(ids) for ids in tokenizer(first, second, truncation=True, max_length=max_length)["input_ids"]]
+    columns = [list(sample[c]) for c in get_task(task).text_columns]  # a pair, or one sentence
+    lengths = [len(ids) for ids in tokenizer(*columns, truncation=True, max_length=max_length)["input_ids"]]
     tokens = max(1, round(sum(lengths) / len(lengths)))
-    picks = [i % len(first) for i in range(probe)]
-    batch = tokenizer([first[i] for i in picks], [second[i] for i in picks], truncation=True, max_length=tokens,
+    picks = [i % len(columns[0]) for i in range(probe)]
+    batch = tokenizer(*[[c[i] for i in picks] for c in columns], truncation=True, max_length=tokens,
                       padding="max_length", return_tensors="pt").to(device)
     labels = torch.tensor([i % 2 for i in range(probe)], device=device)
     model.to(device)

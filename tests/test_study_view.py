@@ -189,7 +189,7 @@ def test_the_demo_on_a_cpu_says_what_it_trades_away(tmp_path):
     assert demo.section_6 == DEMO_CPU["section_6"] == [] and demo.lr["bitfit"] == DEMO_CPU["bitfit_lr"]
     assert demo.epochs["bitfit"] == DEMO_CPU["epochs"]["bitfit"]
     note = demo.note
-    assert demo.patience is None and "no early stop" in note and "Frozen and Full FT are not trained" in note and "03's section 6" in note
+    assert demo.patience is None and "no early stop" in note and "Frozen and Full FT are not trained" in note and "study's seeds" in note
     assert ("instead of 32" in note) == (DEMO_CPU["batch_size"] != 32)
     assert run_settings(False, True, "bert-base-uncased", "cpu", folder).model_name == "bert-base-uncased"
     on_gpu = run_settings(False, True, None, "cuda", folder)

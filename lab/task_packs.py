@@ -1,0 +1,213 @@
+"""A BitFit pack for another GLUE task, trained the lab's way on a subsample, or found ready.
+
+03-Inference serves MRPC, SST-2 and CoLA from one base model. MRPC's pack is the one 02 writes;
+the others come from :func:`make_pack`: it first looks for a ready pack of the task that fits this
+very base (``lab.packs.load_bias_checkpoint`` decides: same base name, architecture, head and
+labels, frozen-weight fingerprint), then for one it wrote before with the same settings, and only
+then trains one. Training follows 02's rule on a subsample (``PackSettings``): BitFit
+(``apply_bitfit``), ``make_trainer(..., task=)``, the epoch kept by validation MCC, dev reported.
+Before it starts it prints what it will train and how long that should take on this machine
+(a measured training step times the steps, plus the scoring).
+
+For another base model: pass ``model_name`` (or set ``$BITFIT_MODEL``); ready packs of another
+base are refused by their fingerprint, so the packs are trained anew for it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from lab import packs
+from lab.tasks import get_task
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    """How much a task's pack trains on.
+
+    Attributes:
+        train_size: training examples (a stratified subsample of the task's train split minus validation).
+        validation_size: validation examples (chooses the epoch; a stratified subsample).
+        dev_size: GLUE dev examples scored after every epoch (None: all of them; only reported).
+        epochs: epochs of training.
+        learning_rate: BitFit's rate (02's default, ``lab.study.DEFAULT_SETTINGS``).
+        batch_size: examples per step.
+        seed: seed of the subsamples, the head's initialisation and the training order.
+    """
+
+    train_size: int
+    validation_size: int
+    dev_size: int | None
+    epochs: int
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    seed: int = 42
+
+
+#: A student's CPU: a few minutes per task.
+STUDENT = PackSettings(train_size=2000, validation_size=400, dev_size=None, epochs=2)
+#: CI (``BITFIT_QUICK=1``): seconds per task; the pack is barely trained.
+QUICK = PackSettings(train_size=64, validation_size=32, dev_size=32, epochs=1)
+
+
+def pack_settings(quick: bool) -> PackSettings:
+    """``QUICK`` when ``quick`` (CI), else ``STUDENT``."""
+    return QUICK if quick else STUDENT
+
+
+def pack_path(task: str, out_dir: str | os.PathLike = "packs") -> Path:
+    """Where :func:`make_pack` writes ``task``'s pack: ``<out_dir>/<task>_bitfit.safetensors`` (02's naming)."""
+    return Path(out_dir) / f"{get_task(task).name}_bitfit.safetensors"
+
+
+def pack_refusal(model: torch.nn.Module, path: str | os.PathLike, task: str) -> str | None:
+    """Why the pack at ``path`` cannot serve ``task`` on ``model``'s base, or None when it can.
+
+    The checks are ``lab.packs.load_bias_checkpoint``'s (task, base name, architecture, head size and
+    labels, tensors, sampled fingerprint), plus: the pack trained some biases (not a head-only pack).
+    ``model`` is a throwaway: on success the pack is loaded into it.
+
+    Args:
+        model: the base model with the head of ``task`` (``load_model(..., task=task)``).
+        path: a pack file.
+        task: the task it must be for.
+    """
+    try:
+        _, meta = packs.read_bias_checkpoint(path)
+        if not [g for g in meta.get("bias_groups") or [] if g != "head"]:
+            return f"'{path}' trained no bias (a head-only pack), not BitFit."
+        packs.load_bias_checkpoint(model, path, task=get_task(task).name)
+    except (ValueError, FileNotFoundError) as err:
+        return str(err)
+    return None
+
+
+def find_ready_pack(model: torch.nn.Module, task: str, folder: str | os.PathLike | None) -> Path | None:
+    """The best pack in ``folder`` (``*.safetensors``) that serves ``task`` on ``model``'s base, or None.
+
+    Several fitting packs (seeds of a study): the one with the highest recorded validation MCC
+    (``dev_at_kept.validation_mcc`` in its metadata, as ``study.run`` records it), then by name.
+    """
+    if folder is None or not Path(folder).is_dir():
+        return None
+    fitting = []
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        if pack_refusal(model, path, task) is None:
+            user = packs.read_bias_checkpoint(path)[1].get("user") or {}
+            mcc = (user.get("dev_at_kept") or {}).get("validation_mcc", float("-inf"))
+            fitting.append((-float(mcc), path.name, path))
+    return min(fitting)[2] if fitting else None
+
+
+def _subsample(dataset, size: int | None, seed: int, stratify: bool = True):
+    """``size`` examples of ``dataset`` (stratified by label where possible), or all of it."""
+    if size is None or size >= len(dataset):
+        return dataset
+    if stratify:
+        return dataset.train_test_split(train_size=size, seed=seed, stratify_by_column="label")["train"]
+    return dataset.shuffle(seed=seed).select(range(size))
+
+
+def make_pack(task: str, out_dir: str | os.PathLike = "packs", *, model_name: str | None = None,
+              settings: PackSettings = STUDENT, ready_dir: str | os.PathLike | None = None,
+              data_dir: str | os.PathLike | None = None, verbose: bool = True) -> Path:
+    """``task``'s BitFit pack for the base ``model_name``: a ready one if one fits, else trained now.
+
+    Looks, in order, for: the best fitting pack in ``ready_dir`` (:func:`find_ready_pack`); the pack
+    this function wrote before at :func:`pack_path` with the same ``settings`` and base; else trains
+    one (printing what and how long first) and writes it there.
+
+    Args:
+        task: a task of ``lab.tasks.TASKS`` (``"sst2"``, ``"cola"``, ...).
+        out_dir: where a trained pack is written (``<task>_bitfit.safetensors``).
+        model_name: the base (None: ``$BITFIT_MODEL`` or the lab's default, as ``load_model``).
+        settings: how much to train (``STUDENT``, ``QUICK`` or your own ``PackSettings``).
+        ready_dir: a folder of ready packs (e.g. the study's ``results/v3/packs``), or None.
+        data_dir: the task's own data folder (None: ``$BITFIT_DATA_ROOT`` or beside ``$BITFIT_DATA_DIR``).
+        verbose: print where the pack comes from, the plan and the result.
+
+    Returns:
+        The pack's path.
+    """
+    from lab.models import load_model
+
+    spec = get_task(task)
+    say = print if verbose else (lambda *a, **k: None)
+    target = pack_path(spec.name, out_dir)
+    if (ready_dir is not None and Path(ready_dir).is_dir()) or target.is_file():
+        model, _ = load_model(model_name, verbose=False, task=spec.name)  # a throwaway: the checks load packs
+        ready = find_ready_pack(model, spec.name, ready_dir)
+        if ready is not None:
+            say(f"{spec.title}: ready pack {ready} fits this base ({model.config._name_or_path}); no training.")
+            return ready
+        if target.is_file() and pack_refusal(model, target, spec.name) is None \
+                and (packs.read_bias_checkpoint(target)[1].get("user") or {}).get("settings") == asdict(settings):
+            say(f"{spec.title}: using {target}, trained before with the same settings.")
+            return target
+    return _train_pack(model_name, spec.name, target, settings, data_dir, say)
+
+
+def _train_pack(model_name: str | None, task: str, target: Path, settings: PackSettings, data_dir, say) -> Path:
+    """Train BitFit on ``task`` by 02's rule on ``settings``' subsample and save the pack at ``target``."""
+    import bitfit_utils as bu
+    from lab.data import load_task, selection_splits, tokenize_task
+    from lab.models import get_device, load_model
+    from lab.timing import estimate_trainings, measure_step_costs, plan_training
+    from lab.training import kept_row, make_trainer, set_seed
+
+    spec = get_task(task)
+    splits = selection_splits(load_task(spec, data_dir))
+    train_total = len(splits["train"])
+    splits["train"] = _subsample(splits["train"], settings.train_size, settings.seed)
+    splits["validation"] = _subsample(splits["validation"], settings.validation_size, settings.seed)
+    splits["dev"] = _subsample(splits["dev"], settings.dev_size, settings.seed, stratify=False)
+    set_seed(settings.seed)  # the new head is drawn at load time, as in 02
+    model, tokenizer = load_model(model_name, verbose=False, task=spec.name)
+    encoded = tokenize_task(splits, tokenizer, spec)
+    bu.apply_bitfit(model)
+    device = get_device()
+    model.to(device)
+    costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit",), batch_size=settings.batch_size,
+                               max_length=spec.max_length, steps=1, task=spec.name)
+    step = costs.step_seconds["bitfit"]
+    plan = plan_training(spec.title, "bitfit", len(encoded["train"]), settings.batch_size, settings.epochs,
+                         len(encoded["validation"]) + len(encoded["dev"]))
+    estimate = estimate_trainings(costs, [plan])[spec.title]
+    kind = "pairs" if spec.is_pair else "sentences"
+    say(f"{spec.title}: training BitFit on {len(encoded['train']):,} of {train_total:,} train {kind}, "
+        f"{settings.epochs} epoch(s), lr {settings.learning_rate:g}; validation {len(encoded['validation'])} + "
+        f"dev {len(encoded['dev'])} scored after each epoch. Estimated {_duration(estimate)} on {device.type} "
+        f"({step:.2f} s a step, measured now).")
+    set_seed(settings.seed)  # the probe drew dropout masks: start training from the seed
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = make_trainer(model, tokenizer, encoded["train"], {"validation": encoded["validation"],
+                               "dev": encoded["dev"]}, scratch, learning_rate=settings.learning_rate,
+                               epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
+                               task=spec.name, disable_tqdm=True)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # no log dict per epoch in the notebook
+        trainer.train()
+    seconds = time.perf_counter() - start
+    row = kept_row(trainer)
+    scores = {f"dev_{m}": float(row[f"eval_dev_{m}"]) for m in spec.metrics}
+    model.cpu()
+    packs.save_bias_checkpoint(model, target, task=spec.name, method="bitfit", settings=asdict(settings),
+                               kept_epoch=float(row.name), train_seconds=seconds,
+                               validation_mcc=float(row["eval_validation_mcc"]), **scores)
+    shown = ", ".join(f"{m} {100 * v:.1f}" if m != "dev_mcc" else f"{m} {v:.3f}" for m, v in scores.items())
+    say(f"{spec.title}: trained in {_duration(seconds)} (estimated {_duration(estimate)}); kept epoch "
+        f"{float(row.name):g}: {shown}; pack written to {target}.")
+    return target
+
+
+def _duration(seconds: float) -> str:
+    """``"45 s"`` under two minutes, else ``"3.2 min"``."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

@@ -1,0 +1,113 @@
+"""Consistency across tasks: do the same bias groups move most on MRPC, SST-2 and CoLA?
+
+Reads the BitFit packs of a folder (``--pattern``, default ``*bitfit*.safetensors``: the study
+writes ``<run>.safetensors`` per BitFit run, MRPC's without a prefix, ``sst2-...`` and ``cola-...``),
+measures each against the base it records (``lab.consistency``: the lab's change per layer and bias
+group, a task's packs averaged), and writes into ``--out``:
+
+* ``consistency.png``: one heatmap panel per task;
+* ``consistency.json``: the tasks, packs used, each task's group profile and top groups, the answer;
+* ``consistency.md``: the sentence and a table of the group profiles, for results/README.
+
+Packs trained with the mean-pooling head (``study.run``'s ``head`` stage) are measured against a
+base with that head; ``--head cls`` or ``--head mean`` keeps only one kind.
+
+    python -m study.consistency --packs results/v3/packs --out results/v3
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from lab import packs
+from lab.consistency import (CLAIMED_GROUPS, changes_by_task, compare_tasks, consistency_sentence, group_profile,
+                             plot_consistency)
+from lab.tasks import TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pack_head(tensors: dict, base: nn.Module) -> str:
+    """``"cls"`` when the pack holds the pooler's bias the base has, ``"mean"`` when it lacks it."""
+    return "cls" if set(packs.pack_names(base)) <= set(tensors) else "mean"
+
+
+def main(argv: list[str] | None = None, base_model: nn.Module | None = None) -> int:
+    """Run the script; ``base_model`` replaces the base the packs name (tests pass a tiny model)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packs", type=Path, default=ROOT / "results" / "v3" / "packs", help="folder of packs")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "v3", help="where the files go")
+    parser.add_argument("--pattern", default="*bitfit*.safetensors", help="which files of --packs to read")
+    parser.add_argument("--head", choices=("cls", "mean", "any"), default="any", help="keep packs of this head")
+    args = parser.parse_args(argv)
+    paths = sorted(p for p in args.packs.glob("*.safetensors") if fnmatch.fnmatch(p.name, args.pattern))
+    if not paths:
+        print(f"No packs matching {args.pattern} in {args.packs}: run the study (python -m study.run) first.")
+        return 1
+    bases: dict[str, nn.Module] = {}
+    chosen: dict[str, list[Path]] = {}
+    for path in paths:
+        tensors, meta = packs.read_bias_checkpoint(path)
+        if "cls" not in bases:
+            bases["cls"] = base_model if base_model is not None else _load_base(meta["base_model"])
+        head = pack_head(tensors, bases["cls"])
+        if args.head in (head, "any"):
+            chosen.setdefault(head, []).append(path)
+    tables: dict[str, object] = {}
+    used: dict[str, list[str]] = {}
+    for head, group in chosen.items():
+        if head not in bases:
+            from lab.heads import set_pooling
+            import copy
+
+            bases[head] = set_pooling(copy.deepcopy(bases["cls"]), head)
+        for task, table in changes_by_task(bases[head], group).items():
+            tables.setdefault(task, []).append(table)
+        for path in group:
+            used.setdefault(packs.read_bias_checkpoint(path)[1]["task"], []).append(path.name)
+    from lab.consistency import mean_changes
+
+    order = sorted(tables, key=lambda t: (list(TASKS).index(t) if t in TASKS else len(TASKS), t))  # the lab's order
+    changes = {task: mean_changes(tables[task]) for task in order}
+    titles = {t: TASKS[t].title if t in TASKS else t for t in changes}
+    profiles = {t: group_profile(c) for t, c in changes.items()}
+    result = compare_tasks(profiles)
+    sentence = consistency_sentence(result, titles)
+    args.out.mkdir(parents=True, exist_ok=True)
+    fig = plot_consistency(changes, titles, result.top)
+    fig.savefig(args.out / "consistency.png", dpi=110)
+    facts = {"question": f"Do the same bias groups move most on every task, as the handout and Ben Zaken et al. "
+                         f"(2022) say ({' and '.join(CLAIMED_GROUPS)})?",
+             "answer": "yes" if result.answer else "no", "sentence": sentence, "tasks": list(result.tasks),
+             "packs": {t: sorted(used[t]) for t in result.tasks}, "heads": sorted(chosen),
+             "top": {t: list(g) for t, g in result.top.items()}, "same_top": result.same_top,
+             "min_rank_correlation": result.min_rank_correlation,
+             "profiles": {t: {g: float(v) for g, v in p.items()} for t, p in profiles.items()}}
+    (args.out / "consistency.json").write_text(json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
+    groups = list(result.groups)
+    lines = [sentence, "", "Mean change per entry over the encoder layers (lab.analysis.bias_changes, a task's "
+             "packs averaged), largest first per task:", "",
+             "| task | packs | " + " | ".join(groups) + " |", "|---|---:|" + "---:|" * len(groups)]
+    for t in result.tasks:
+        lines.append(f"| {titles[t]} | {len(used[t])} | " + " | ".join(f"{profiles[t][g]:.2e}" for g in groups) + " |")
+    lines += ["", "![bias change per task](consistency.png)", ""]
+    (args.out / "consistency.md").write_text("\n".join(lines))
+    print(sentence)
+    print(f"wrote {args.out / 'consistency.png'}, consistency.json, consistency.md ({sum(map(len, used.values()))} packs)")
+    return 0
+
+
+def _load_base(name: str) -> nn.Module:
+    from lab.models import load_model
+
+    return load_model(name, verbose=False)[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
