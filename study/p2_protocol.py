@@ -15,7 +15,7 @@ from lab.tasks import DEFAULT_BATCH_SIZE
 
 PROTOCOL = 2
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "results"
+RESULTS = ROOT / "results" / "v2"
 BATCH_SIZE = DEFAULT_BATCH_SIZE
 TTA_METHODS = ("bitfit", "full")
 #: Seconds per epoch (training and both evaluations, 2 threads) until runs of a method have measured it.

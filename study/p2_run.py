@@ -14,7 +14,7 @@ Stages (``--plan`` lists every run, which are done, and the CPU time left):
 * ``tta``: BitFit and Full FT at their chosen settings, run alone, for time-to-accuracy.
 
 A stage waits until the grid it depends on is complete. Each run happens in its own process and
-writes ``results/runs/<run>.json`` the moment it ends (a killed run leaves nothing and is redone).
+writes ``results/v2/runs/<run>.json`` the moment it ends (a killed run leaves nothing and is redone).
 
     python -m study.p2_run --plan              # what is done and left, CPU hours left
     python -m study.p2_run                     # run what is left (resumable)

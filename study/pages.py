@@ -31,6 +31,7 @@ from lab.registry import HEADLINE, METHODS
 from study import p2_protocol as p2
 from study.page_inputs import V1_RULE, bench, csv, machine, md
 from study.pages_perf import claims_block, perf_block
+from study.pages_v3 import v3_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +107,7 @@ def _where(runs: list[dict]) -> str:
 
 
 def study_progress(results: Path) -> str:
+    results = results / "v2"
     runs = p2.read_runs(results)
     planned = p2.plan(runs)
     done = {r["name"] for r in runs}
@@ -114,7 +116,7 @@ def study_progress(results: Path) -> str:
                         f"{sum(s['part'] == part for s in planned)}" for part, label in labels.items())
     n_done = sum(s["name"] in done for s in planned)
     head = ("**全部 run 已完成**" if n_done == len(planned) else f"**已完成 {n_done} / {len(planned)} 個 run**")
-    text = f"{head}（{per_part}；依 `results/runs/` 裡的 run 檔計算）。"
+    text = f"{head}（{per_part}；依 `results/v2/runs/` 裡的 run 檔計算）。"
     if runs:
         commits = sorted({re.sub(r"^([0-9a-f]{7})[0-9a-f]*", r"\1", r.get("commit", "?")) for r in runs})
         spent = "、".join(f"{d} {h:.1f} 小時" for d, h in sorted(p2.machine_hours(runs).items()))
@@ -134,7 +136,7 @@ def grid_caveats(results: Path) -> str | None:
     """What the grid cannot rule out, read from grid.csv and methods.csv: a chosen rate at the edge of its
     grid (a rate beyond it was never tried) and a chosen setting whose best epoch is its last (more epochs
     were never tried). None when there is nothing to say or no grid yet."""
-    grid, methods = csv(results / "grid.csv", "method"), csv(results / "methods.csv", "method")
+    grid, methods = csv(results / "v2" / "grid.csv", "method"), csv(results / "v2" / "methods.csv", "method")
     if grid is None:
         return None
     lines = []
@@ -161,18 +163,18 @@ def grid_caveats(results: Path) -> str | None:
 
 def study_results(results: Path) -> str:
     """The study's tables and plot where --report has written them; a plain sentence where not."""
+    caveats, results = grid_caveats(results), results / "v2"
     out = ["#### 格點：每個學習率在 validation 上的分數", "",
            "選擇只看這張表：每個 run 在 validation MCC 最好的 epoch（`kept_epoch`）的 validation 分數；"
            "`chosen` 標出每個方法選定的學習率（格點跑完才會選）。", "",
            md(results / "grid.md") or NOT_YET, ""]
-    caveats = grid_caveats(results)
     out += [caveats, ""] if caveats else []
     out += ["#### 主要方法：選定設定下的 dev 分數", "",
            "dev accuracy／F1（%）在選定的學習率、每個 seed 自己在 validation 上選定的 epoch（`kept_epochs` 依 seed 列出）；"
            "平均 ± 標準差跨 seed，`acc_per_seed` 列出每個 seed。", "",
            md(results / "methods.md") or NOT_YET]
     if (results / "methods.png").exists():
-        out += ["", "![各方法的 dev accuracy 與 F1：每個 seed 一點、橫線為平均、紅線為全部猜 equivalent](methods.png)"]
+        out += ["", "![各方法的 dev accuracy 與 F1：每個 seed 一點、橫線為平均、紅線為全部猜 equivalent](v2/methods.png)"]
     out += ["", "#### 消融：在母方法選定的設定下", "", md(results / "ablations.md") or NOT_YET, "",
             "#### time-to-accuracy：BitFit 與 Full FT 要訓練多久", "",
             "兩個 run 各自單獨執行，從每個 epoch 的紀錄讀出累積訓練秒數，直到 validation accuracy 第一次達到"
@@ -241,12 +243,12 @@ def v1_block(results: Path) -> str:
 
 
 def summary_block(results: Path) -> str:
-    runs = p2.read_runs(results)
+    runs = p2.read_runs(results / "v2")
     planned = p2.plan(runs)
     done = {r["name"] for r in runs}
     n_done = sum(s["name"] in done for s in planned)
     out = []
-    methods = csv(results / "methods.csv", "method")
+    methods = csv(results / "v2" / "methods.csv", "method")
     if methods is not None:
         shown = [m for m in ("bitfit", "full", "lora", "frozen") if m in methods.index]
         cells = "；".join(f"`{m}` {methods.acc_mean[m]:.1f}"
@@ -269,7 +271,7 @@ def summary_block(results: Path) -> str:
                    f"{mem:.2f} 倍——省下權重梯度與優化器狀態，但前向與輸入梯度照付；推論沒有額外成本"
                    f"（{m['inference']:.2f} 倍），bias pack 是完整 checkpoint 的 "
                    f"{m['pack_share'][0]:.2f} %。")
-    tta = csv(results / "tta.csv", "target")
+    tta = csv(results / "v2" / "tta.csv", "target")
     if tta is not None:
         ratio = lambda t: "BitFit 沒到" if math.isnan(tta.ratio[t]) else f"BitFit / Full FT = {tta.ratio[t]:.2f}"  # noqa: E731
         out.append(f"* **要訓練多久**（time-to-accuracy，兩者在 CPU 上各單獨跑一次）：validation 到多數類加 5 分，"
@@ -306,7 +308,7 @@ def render(root: Path) -> dict[str, str]:
     results = root / "results"
     readme = (root / "README.md").read_text(encoding="utf-8")
     page = (results / "README.md").read_text(encoding="utf-8")
-    for name, build in (("study-design", study_design), ("study-progress", study_progress),
+    for name, build in (("study-v3", v3_block), ("study-design", study_design), ("study-progress", study_progress),
                         ("study-results", study_results), ("v1", v1_block), ("perf", perf_block),
                         ("claims", claims_block)):
         page = fill(page, name, build(results))

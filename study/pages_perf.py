@@ -151,7 +151,7 @@ def _ablation(results: Path):
     """(table, label): protocol 2's methods + ablations when both hold BitFit and the ablation rows, else v1's."""
     import pandas as pd
 
-    new = [t for t in (csv(results / "methods.csv", "method"), csv(results / "ablations.csv", "method")) if t is not None]
+    new = [t for t in (csv(results / "v2" / "methods.csv", "method"), csv(results / "v2" / "ablations.csv", "method")) if t is not None]
     if new:
         table = pd.concat(new)
         if {"bitfit", "lora", "adaptive_init", "handout_bitfitlora", "bitfit_lora"} <= set(table.index):
@@ -176,7 +176,7 @@ def claims_block(results: Path) -> str:
             text += (f"一個 Trainer epoch 的時間 BitFit / Full FT = {epoch['bitfit'] / epoch['full_ft']:.2f}"
                      f"（講義 8/45 = {8 / 45:.2f}）；")
         text += f"訓練記憶體 BitFit / Full FT = {ratio:.2f}（講義 3.2/8.5 = {3.2 / 8.5:.2f}）。"
-        tta = csv(results / "tta.csv", "target")
+        tta = csv(results / "v2" / "tta.csv", "target")
         if tta is not None and not math.isnan(tta.ratio.get("full_ft_best", math.nan)):
             text += (f"整段訓練要到 Full FT 在 validation 上的最好成績，BitFit / Full FT 的時間 = "
                      f"{tta.ratio['full_ft_best']:.2f}（協定 2 的 time-to-accuracy）。")

@@ -265,6 +265,8 @@ def report(folder: Path = RESULTS) -> None:
     if head and chosen:
         (folder / "recipe.json").write_text(json.dumps(recipe(runs, head, chosen), indent=1) + "\n")
         written.append("recipe.json")
+    else:  # no rate chosen (yet, or any more): 02 must not train with an old choice
+        (folder / "recipe.json").unlink(missing_ok=True)
     hours = ", ".join(f"{h:.1f} h of {d}" for d, h in sorted(machine_hours(every).items()))
     print(f"head: {head}; chosen rates: {chosen}; wrote {', '.join(written)} in {folder}; machine time: {hours}")
 

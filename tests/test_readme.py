@@ -73,7 +73,7 @@ def test_pages_show_the_study_tables_once_they_are_written(tmp_path):
     from study.p2_report import report
 
     root = copy_project(tmp_path)
-    results = root / "results"
+    results = root / "results" / "v2"  # protocol 2's folder
     for done in [*(results / "runs").glob("*.json"), *(results / name for name in ("runs.csv", "grid.csv", "grid.md"))]:
         done.unlink(missing_ok=True)  # start from a study with no finished run, whatever is committed
     report(results)
@@ -88,7 +88,7 @@ def test_pages_show_the_study_tables_once_they_are_written(tmp_path):
     pages = ur.render(root)
     page, readme = pages["results/README.md"], pages["README.md"]
     assert (results / "grid.md").read_text() in page and (results / "methods.md").read_text() in page
-    assert "](methods.png)" in page
+    assert "](v2/methods.png)" in page
     assert page.count(ur.NOT_YET) == 2  # ablations and time-to-accuracy are still to run
     planned = len(p2.plan(p2.read_runs(results)))
     grid = sum(len(METHODS[m].lrs) for m in HEADLINE)
@@ -119,16 +119,18 @@ def test_readme_is_short_and_gives_no_exercise_answer_away():
 
 
 def test_grid_caveats_flag_a_rate_at_the_grid_edge_and_a_best_epoch_that_is_the_last(tmp_path):
-    (tmp_path / "grid.csv").write_text(
+    v2 = tmp_path / "v2"  # protocol 2's tables
+    v2.mkdir()
+    (v2 / "grid.csv").write_text(
         "method,lr,chosen,kept_epoch,validation_mcc,validation_accuracy\n"
         "a,0.001,False,2,0.1,70\na,0.003,False,3,0.2,71\na,0.01,True,6,0.3,72\n"   # top of its grid
         "b,0.001,False,2,0.1,70\nb,0.003,True,3,0.4,75\nb,0.01,False,3,0.2,71\n")  # inside its grid
-    (tmp_path / "methods.csv").write_text("method,max_epochs,kept_epochs\na,6,6 2 6\nb,4,3 2\n")
+    (v2 / "methods.csv").write_text("method,max_epochs,kept_epochs\na,6,6 2 6\nb,4,3 2\n")
     text = ur.grid_caveats(tmp_path)
     assert "* `a`：選定的學習率 0.01 是格點中最大的" in text and "3 個 seed 中有 2 個留下的是最後一個 epoch（第 6 個）" in text
     assert "`b`" not in text  # chosen inside the grid, best epochs before the last: nothing to say
-    (tmp_path / "methods.csv").write_text("method,max_epochs,kept_epochs\nb,4,3 2\n")
-    (tmp_path / "grid.csv").write_text("method,lr,chosen,kept_epoch,validation_mcc,validation_accuracy\n"
+    (v2 / "methods.csv").write_text("method,max_epochs,kept_epochs\nb,4,3 2\n")
+    (v2 / "grid.csv").write_text("method,lr,chosen,kept_epoch,validation_mcc,validation_accuracy\n"
                                        "b,0.001,False,2,0.1,70\nb,0.003,True,3,0.4,75\nb,0.01,False,3,0.2,71\n")
     assert ur.grid_caveats(tmp_path) is None
     assert ur.grid_caveats(tmp_path / "missing") is None
