@@ -13,6 +13,7 @@ from torch import nn
 
 from bitfit_utils import parameter_groups
 from lab import families
+from lab.heads import set_pooling
 from lab.hub import DEFAULT_MODEL, hub_available, quiet_hf
 from lab.tasks import DEFAULT_BATCH_SIZE, TASKS, TaskSpec, get_task
 
@@ -121,6 +122,7 @@ def load_pack_model(pack_path: str | os.PathLike, verbose: bool = True):
     labels = meta["label_names"]  # the pack brings the trained head; the model gets a head of its size
     model, tokenizer = load_model(meta["base_model"], num_labels=len(labels), verbose=False)
     model.config.id2label, model.config.label2id = dict(enumerate(labels)), {v: i for i, v in enumerate(labels)}
+    set_pooling(model, meta.get("head") or "cls")  # the head the pack was trained with
     packs.load_bias_checkpoint(model, pack_path)
     if verbose:
         recorded = {k: round(v, 4) if isinstance(v, float) else v for k, v in meta["user"].items()

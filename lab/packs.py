@@ -96,6 +96,7 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, *, task: str
         "base_model": str(getattr(config, "_name_or_path", "") or ""),
         "architecture": type(model).__name__,
         "task": task,
+        "head": str(getattr(config, "lab_pooling", "cls")),  # what the head reads (lab.heads.set_pooling)
         "label_names": json.dumps(labels),
         "fingerprint": base_fingerprint(model, names),
         "fingerprint_full": base_fingerprint(model, names, full=True),
@@ -145,6 +146,7 @@ def read_bias_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         )
     meta = {k: raw.get(k, "") for k in ("format", "base_model", "architecture", "task", "fingerprint",
                                         "fingerprint_full", "digest")}
+    meta["head"] = raw.get("head") or "cls"  # packs written before the head was recorded read through [CLS]
     for k in ("label_names", "bias_groups", "trained", "id2label", "versions", "user"):
         meta[k] = json.loads(raw.get(k) or "null")
     return tensors, meta
@@ -184,6 +186,10 @@ def load_bias_checkpoint(model: nn.Module, path: str | os.PathLike, strict_name:
         raise ValueError(f"verify={verify!r}: use 'sampled' (fast, the default) or 'full' (every byte).")
     tensors, meta = read_bias_checkpoint(path)
     hint = "Load the base model the pack was trained on (see its metadata), or retrain."
+    head = getattr(model.config, "lab_pooling", "cls")
+    if meta["head"] != head:
+        raise ValueError(f"Pack '{path}' was trained with the '{meta['head']}' head, this model has the '{head}' head. "
+                         f"Call lab.heads.set_pooling(model, '{meta['head']}') first (load_pack_model does).")
     if task is not None and meta["task"] != task:
         raise ValueError(f"Pack '{path}' is for task '{meta['task']}', not '{task}'. Load the pack of task "
                          f"'{task}', or pass task='{meta['task']}' if this pack is the one you mean.")

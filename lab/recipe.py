@@ -31,6 +31,14 @@ def read_recipe(results_dir: str | os.PathLike = STUDY_DIR) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def head_for(model, recipe: dict | None) -> str:
+    """The head 02 trains ``model`` with: the study's choice for a checkpoint whose pooler was never trained,
+    else the standard ``[CLS]`` head through the trained pooler (``lab.heads``)."""
+    from lab.heads import pooler_was_trained
+
+    return "cls" if pooler_was_trained(model) or not recipe else recipe.get("head") or "cls"
+
+
 def lr_text(rate: float) -> str:
     """A learning rate as people write it: 0.001 -> 1e-3, 5e-05 -> 5e-5, 0.01 -> 1e-2."""
     mantissa, exponent = f"{rate:e}".split("e")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from lab.heads import set_pooling
 from lab.models import get_device, load_model
 from lab.selection import SELECT_BY, best_entry, should_stop, tie_break_metric
 from lab.tasks import DEFAULT_BATCH_SIZE, DEFAULT_SEED, TaskSpec, get_task
@@ -232,12 +233,13 @@ def history_frame(trainer):
 
 def train_method(method: str, model_name: str | None, tokenizer, train_dataset, eval_dataset,
                  output_dir: str | os.PathLike, *, learning_rate: float, epochs: int, batch_size: int, seed: int,
-                 **trainer_kwargs):
+                 head: str = "cls", **trainer_kwargs):
     """02's section 3 for another method: seed, a fresh model, ``setup_method``, ``make_trainer``, ``train()``.
 
     Args:
         method: ``"frozen"``, ``"bitfit"`` or ``"full"`` (see :func:`lab.methods.setup_method`).
         model_name: passed to :func:`lab.models.load_model` (None: the lab's default model).
+        head: what the classifier reads (:func:`lab.heads.set_pooling`), as in section 3.
         trainer_kwargs: anything else :func:`make_trainer` takes.
 
     Returns:
@@ -247,6 +249,7 @@ def train_method(method: str, model_name: str | None, tokenizer, train_dataset, 
 
     set_seed(seed)  # the new classifier head is drawn at load time
     model, _ = load_model(model_name, verbose=False)
+    set_pooling(model, head)
     setup_method(model, method)
     trainer = make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir, learning_rate=learning_rate,
                            epochs=epochs, batch_size=batch_size, seed=seed, **trainer_kwargs)

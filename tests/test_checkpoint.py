@@ -373,3 +373,24 @@ def test_an_edit_between_sampled_positions_is_caught_by_the_full_check_only(tmp_
     packs.load_bias_checkpoint(model, pack, verify="full")
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, tuned(**inputs).logits)
+
+
+def test_a_pack_records_its_head_and_loads_only_into_a_model_with_that_head(tmp_path, inputs):
+    from lab.heads import set_pooling
+
+    model = set_pooling(tiny_bert(), "mean")
+    bu.apply_bitfit(model)
+    _tune(model)
+    path = packs.save_bias_checkpoint(model, tmp_path / "mean.safetensors", task="mrpc")
+    assert packs.read_bias_checkpoint(path)[1]["head"] == "mean"
+    with pytest.raises(ValueError, match="set_pooling"):  # a [CLS] model is refused, and left as it was
+        packs.load_bias_checkpoint(tiny_bert(), path)
+    fresh = set_pooling(tiny_bert(), packs.read_bias_checkpoint(path)[1]["head"])  # what load_pack_model does
+    packs.load_bias_checkpoint(fresh, path)
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, fresh(**inputs).logits)
+    plain = tiny_bert()
+    bu.apply_bitfit(plain)
+    assert packs.read_bias_checkpoint(packs.save_bias_checkpoint(plain, tmp_path / "cls.safetensors",
+                                                                 task="mrpc"))[1]["head"] == "cls"

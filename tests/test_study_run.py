@@ -175,8 +175,11 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     subprocess.run([sys.executable, "-m", "study.run", "--quick", "--out", str(out), "--jobs", "1"], cwd=ROOT,
                    check=True, capture_output=True)
     runs = sr.read_runs(out)
-    assert {r["part"] for r in runs} == {"head", "grid", "seeds", "cost"}
+    assert {r["part"] for r in runs} == {"head", "grid", "seeds", "task", "cost"}
+    assert {r["task"] for r in runs if r["part"] == "task"} == {"sst2", "cola"}
+    assert {p.name for p in (out / "packs").glob("*task-bitfit*.safetensors")} == {
+        f"{r['name']}.safetensors" for r in runs if r["part"] == "task"}  # one BitFit pack per task run
     assert all(r["protocol"] == 3 and r["precision"] == "float32" for r in runs)
     assert {r["seed"] for r in runs if r["part"] == "seeds"} == {1}
     rp.report(out)
-    assert (out / "methods.md").is_file()
+    assert (out / "methods.md").is_file() and (out / "tasks.md").is_file() and (out / "recipe.json").is_file()

@@ -269,3 +269,20 @@ def test_native_bf16_is_read_from_torchs_cpu_checks(monkeypatch, flags, expected
     for name, value in flags.items():
         monkeypatch.setattr(torch.cpu, name, lambda value=value: value, raising=False)
     assert cpu_has_native_bf16() is expected
+
+
+def test_the_head_is_the_study_s_only_for_a_checkpoint_whose_pooler_never_trained(tmp_path):
+    import torch
+
+    from conftest import tiny_bert
+    from lab.recipe import head_for
+
+    recipe = {**fake_recipe(tmp_path), "head": "mean"}
+    untrained = tiny_bert()
+    with torch.no_grad():
+        untrained.bert.pooler.dense.bias.zero_()
+    trained = tiny_bert()
+    with torch.no_grad():
+        trained.bert.pooler.dense.bias.fill_(0.1)
+    assert head_for(untrained, recipe) == "mean" and head_for(trained, recipe) == "cls"
+    assert head_for(untrained, None) == "cls"  # before the study has decided
