@@ -27,32 +27,11 @@ from statistics import median
 from lab.selection import PATIENCE, SELECT_BY
 from lab.tasks import get_task
 from lab.registry import HEADLINE, METHODS
+from study.p2_report import markdown
 from study.run import (MAX_EPOCHS, OFFLINE_MODEL, RESULTS, TASK_METHODS, choose_head, choose_lrs, kept, machine_hours, read_runs,
                        task_of)
 
 TTA_METHODS = ("bitfit", "full")
-
-
-def _cell(value, digits: int | None = None) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, float) and value != value:
-        return "–"
-    if digits is not None and isinstance(value, (int, float)):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, (int, float)) and float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return str(value)
-
-
-def markdown(table, digits: dict[str, int] | None = None) -> str:
-    """A DataFrame as a GitHub markdown table; ``digits`` fixes the decimals of a column."""
-    digits = digits or {}
-    lines = ["| " + " | ".join([table.index.name or "", *map(str, table.columns)]) + " |",
-             "|" + "---|" * (len(table.columns) + 1)]
-    lines += ["| " + " | ".join([str(i), *(_cell(v, digits.get(c)) for c, v in zip(table.columns, row))]) + " |"
-              for i, row in zip(table.index, table.itertuples(index=False))]
-    return "\n".join(lines) + "\n"
 
 
 def flat(run: dict) -> dict:

@@ -53,6 +53,7 @@ from lab.selection import MAX_EPOCHS, PATIENCE, SELECT_BY, best_entry
 from lab.tasks import DEFAULT_BATCH_SIZE, get_task
 from lab.training import ALWAYS_METRICS, history_frame, make_trainer, set_seed
 from lab.registry import HEADLINE, METHODS, checkpoint_bytes, setup
+from study.p2_protocol import machine_hours  # the same hours for both protocols
 from study.tools import peak_rss
 
 PROTOCOL = 3
@@ -257,15 +258,6 @@ def epochs_run(runs: list[dict]) -> dict[str, float]:
         if not r.get("quick") and r["part"] != "cost":
             epochs.setdefault(r["method"], []).append(r["last_epoch"])
     return {m: mean(v) for m, v in epochs.items()}
-
-
-def machine_hours(runs: list[dict]) -> dict[str, float]:
-    """Hours of each device the finished runs took: wall time divided by the runs sharing the device."""
-    hours: dict[str, float] = {}
-    for r in runs:
-        if not r.get("quick"):
-            hours[r["device"]] = hours.get(r["device"], 0.0) + r["wall_seconds"] / r["concurrent_runs"] / 3600
-    return hours
 
 
 def show_plan(folder: Path, quick: bool) -> None:
