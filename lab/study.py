@@ -146,7 +146,7 @@ def _first_epoch(run: dict, accuracy: float) -> int | None:
     return next((i + 1 for i, e in enumerate(run["log"]) if e["validation_accuracy"] >= accuracy - 1e-12), None)
 
 
-def tta_sentences(results_dir: str | os.PathLike = "results") -> list[str]:
+def tta_sentences(results_dir: str | os.PathLike = P2_DIR) -> list[str]:
     """What the study's time-to-accuracy runs measured, and why the ratio is what it is; ``[]`` before they ran.
 
     Reads ``tta.csv`` (seconds of training until validation first reaches each target, per method) and the

@@ -74,6 +74,11 @@ def compute_metrics(eval_pred) -> dict[str, float]:
     return _MRPC_METRICS(eval_pred)
 
 
+def half_epoch_warmup(examples: int, batch_size: int) -> int:
+    """The lab's warm-up in optimizer steps: half an epoch (at least one step), whatever the number of epochs."""
+    return max(1, math.ceil(examples / batch_size) // 2)
+
+
 def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str | os.PathLike, *,
                  learning_rate: float, epochs: float, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = DEFAULT_SEED,
                  warmup: float | None = None, schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
@@ -109,7 +114,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     if warmup is None:
-        warmup = max(1, math.ceil(len(train_dataset) / batch_size) // 2)
+        warmup = half_epoch_warmup(len(train_dataset), batch_size)
     settings = dict(
         output_dir=str(output_dir),
         learning_rate=learning_rate,

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from lab.heads import POOLINGS, set_pooling
 from lab.models import OFFLINE_MODEL, load_model
 from lab.selection import MAX_EPOCHS, PATIENCE, SELECT_BY, best_entry
 from lab.tasks import DEFAULT_BATCH_SIZE, get_task
-from lab.training import ALWAYS_METRICS, history_frame, make_trainer, set_seed
+from lab.training import ALWAYS_METRICS, half_epoch_warmup, history_frame, make_trainer, set_seed
 from lab.registry import HEADLINE, METHODS, checkpoint_bytes, setup
 from study.p2_protocol import machine_hours  # the same hours for both protocols
 from study.tools import peak_rss
@@ -197,7 +196,7 @@ def run_one(spec: dict, quick: bool, jobs: int = 1, out: Path | None = None) -> 
         train, validation, dev = train.select(range(64)), validation.select(range(32)), dev.select(range(32))
     cost = spec["part"] == "cost"
     max_epochs = COST_EPOCHS if cost else (2 if quick else MAX_EPOCHS)
-    warmup_steps = max(1, math.ceil(len(train) / BATCH_SIZE) // 2)  # half an epoch, whatever the cap
+    warmup_steps = half_epoch_warmup(len(train), BATCH_SIZE)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         trainer = make_trainer(model, tokenizer, train, {"validation": validation, "dev": dev}, scratch,
