@@ -29,11 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -44,18 +41,10 @@ from lab.data import load_mrpc, selection_splits, tokenize_pairs
 from lab.models import OFFLINE_MODEL, load_model
 from lab.registry import METHODS, checkpoint_bytes, setup
 from lab.training import history_frame, make_trainer, set_seed
-from study.p2_protocol import (BATCH_SIZE, EPOCH_S_DEFAULT, EPOCH_S_GUESS, PROTOCOL, RESULTS, ROOT, epoch_seconds,
+from study.p2_protocol import (BATCH_SIZE, EPOCH_S_DEFAULT, EPOCH_S_GUESS, PROTOCOL, RESULTS, epoch_seconds,
                                machine_hours, plan, read_runs)
 from study.p2_report import report
-from study.tools import peak_rss
-
-
-def _commit() -> str:
-    """The commit of the code that runs (the study runs from a worktree pinned at one)."""
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return proc.stdout.strip() + ("-dirty" if dirty else "") if proc.returncode == 0 else "unknown"
+from study.tools import git_commit, peak_rss, run_pending, write_run
 
 
 def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
@@ -84,7 +73,7 @@ def run_one(spec: dict, quick: bool, jobs: int = 1) -> dict:
                for metric in ("loss", "accuracy", "f1", "mcc")}}
            for e, row in history.iterrows()]
     labels, dev_labels = validation["label"], dev["label"]
-    return {**spec, "protocol": PROTOCOL, "commit": _commit(), "epochs": epochs, "steps": trainer.state.global_step,
+    return {**spec, "protocol": PROTOCOL, "commit": git_commit(), "epochs": epochs, "steps": trainer.state.global_step,
             "train_pairs": len(train), "validation_pairs": len(validation), "dev_pairs": len(dev),
             "validation_majority": max(sum(labels), len(labels) - sum(labels)) / len(labels),
             "dev_positive_share": sum(dev_labels) / len(dev_labels),
@@ -125,27 +114,11 @@ def show_plan(folder: Path, quick: bool) -> None:
 
 def run_left(folder: Path, quick: bool, jobs: int, threads: int | None) -> None:
     """Run every run whose settings are known and that has no file yet; repeat as grids complete."""
-    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    def pending() -> list[dict]:
+        done = {p.stem for p in (Path(folder) / "runs").glob("*.json")}
+        return [s for s in plan(read_runs(folder), quick) if s["lr"] is not None and s["name"] not in done]
 
-    def start(spec: dict) -> None:
-        alone = spec["part"] == "tta"  # time-to-accuracy: one run at a time, every thread
-        n, t = (1, None) if alone else (jobs, threads)
-        print(f"run {spec['name']}", flush=True)
-        cmd = [sys.executable, "-m", "study.p2_run", "--run", json.dumps(spec), "--out", str(folder.resolve()),
-               "--jobs", str(n)]
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(t)} if t else {})}
-        subprocess.run(cmd + (["--quick"] if quick else []) + (["--threads", str(t)] if t else []),
-                       check=True, env=env, cwd=ROOT)
-
-    while True:
-        done = {p.stem for p in (folder / "runs").glob("*.json")}
-        # tta runs measure time: they wait until everything else is done and then run one at a time
-        todo = [s for s in plan(read_runs(folder), quick) if s["lr"] is not None and s["name"] not in done]
-        batch = [s for s in todo if s["part"] != "tta"] or todo
-        if not batch:
-            return
-        with ThreadPoolExecutor(max_workers=1 if batch[0]["part"] == "tta" else jobs) as pool:
-            list(pool.map(start, batch))  # list(): re-raises the first failed run
+    run_pending("study.p2_run", folder, pending, lambda s: s["part"] == "tta", quick, jobs, threads)
 
 
 def main() -> None:
@@ -162,11 +135,7 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         spec = json.loads(args.run)
-        result = run_one(spec, args.quick, args.jobs)
-        path = args.out / "runs" / f"{spec['name']}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        write_run(args.out, spec["name"], run_one(spec, args.quick, args.jobs))
         return
     if args.plan:
         show_plan(args.out, args.quick)

@@ -33,11 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import mean
 
@@ -53,7 +50,7 @@ from lab.tasks import DEFAULT_BATCH_SIZE, get_task
 from lab.training import ALWAYS_METRICS, half_epoch_warmup, history_frame, make_trainer, set_seed
 from lab.registry import HEADLINE, METHODS, checkpoint_bytes, setup
 from study.p2_protocol import machine_hours  # the same hours for both protocols
-from study.tools import peak_rss
+from study.tools import git_commit, peak_rss, run_pending, write_run
 
 PROTOCOL = 3
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,14 +158,6 @@ def ready(spec: dict) -> bool:
 # ----- one run ------------------------------------------------------------------------
 
 
-def _commit() -> str:
-    """The commit of the code that runs (the study runs from a worktree pinned at one)."""
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return proc.stdout.strip() + ("-dirty" if dirty else "") if proc.returncode == 0 else "unknown"
-
-
 def task_data(task: str, quick: bool = False):
     """The splits a run of ``task`` trains on: ``selection_splits`` of its train set (subsampled per ``TASK_STUDY``)."""
     data = load_task(task)
@@ -219,7 +208,7 @@ def run_one(spec: dict, quick: bool, jobs: int = 1, out: Path | None = None) -> 
         packs.save_bias_checkpoint(model, out / "packs" / f"{spec['name']}.safetensors", task=task,
                                    run=spec["name"], kept_epoch=kept_epoch, head=spec["head"],
                                    dev_at_kept=best_entry(log, SELECT_BY))
-    return {**spec, "task": task, "protocol": PROTOCOL, "commit": _commit(), "max_epochs": max_epochs, "patience": PATIENCE,
+    return {**spec, "task": task, "protocol": PROTOCOL, "commit": git_commit(), "max_epochs": max_epochs, "patience": PATIENCE,
             "patience_counts_from": "the first epoch with validation MCC above 0",
             "warmup_steps": warmup_steps, "last_epoch": log[-1]["epoch"], "kept_epoch": kept_epoch,
             "kept_at_cap": kept_epoch >= max_epochs, "precision": "float32", "steps": trainer.state.global_step,
@@ -285,25 +274,11 @@ def show_plan(folder: Path, quick: bool) -> None:
 
 def run_left(folder: Path, quick: bool, jobs: int, threads: int | None) -> None:
     """Run every ready run that has no file yet; repeat as stages complete. Cost runs go last, one at a time."""
-    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    def pending() -> list[dict]:
+        done = {p.stem for p in (Path(folder) / "runs").glob("*.json")}
+        return [s for s in plan(read_runs(folder), quick) if ready(s) and s["name"] not in done]
 
-    def start(spec: dict) -> None:
-        alone = spec["part"] == "cost"
-        n, t = (1, None) if alone else (jobs, threads)
-        print(f"run {spec['name']}", flush=True)
-        cmd = [sys.executable, "-m", "study.run", "--run", json.dumps(spec), "--out", str(folder), "--jobs", str(n)]
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(t)} if t else {})}
-        subprocess.run(cmd + (["--quick"] if quick else []) + (["--threads", str(t)] if t else []),
-                       check=True, env=env, cwd=ROOT)
-
-    while True:
-        done = {p.stem for p in (folder / "runs").glob("*.json")}
-        todo = [s for s in plan(read_runs(folder), quick) if ready(s) and s["name"] not in done]
-        batch = [s for s in todo if s["part"] != "cost"] or todo
-        if not batch:
-            return
-        with ThreadPoolExecutor(max_workers=1 if batch[0]["part"] == "cost" else jobs) as pool:
-            list(pool.map(start, batch))  # list(): re-raises the first failed run
+    run_pending("study.run", folder, pending, lambda s: s["part"] == "cost", quick, jobs, threads)
 
 
 def main() -> None:
@@ -319,11 +294,7 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         spec = json.loads(args.run)
-        result = run_one(spec, args.quick, args.jobs, Path(args.out))
-        path = args.out / "runs" / f"{spec['name']}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        write_run(args.out, spec["name"], run_one(spec, args.quick, args.jobs, Path(args.out)))
         return
     if args.plan:
         show_plan(args.out, args.quick)
