@@ -27,8 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bitfit_utils import parameter_groups  # noqa: E402
+from benchmarks.bench_bitfit import machine  # noqa: E402
 from lab.models import OFFLINE_MODEL, load_model  # noqa: E402
-from lab.serving import MultiTaskBitFit, base_fingerprint, encode_requests, synthetic_pack  # noqa: E402
+from lab.serving import MultiTaskBitFit, base_fingerprint, encode_requests  # noqa: E402
+from lab.task_packs import synthetic_pack  # noqa: E402
 
 DATA = Path(os.environ.get("BITFIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc")).parent
 TASKS = {"mrpc": 2, "sst2": 2, "cola": 2}
@@ -124,7 +126,7 @@ def bench_base(name: str, requests, rounds: int, switches: int) -> dict:
         "switch_ms": switch_ms, "switch_over_forward": switch_ms / plain_ms,
         "plain_forward_ms": plain_ms, "mixed_forward_ms": mixed_ms, "mixed_throughput_ratio": plain_ms / mixed_ms,
         "max_prob_difference": max_prob_difference(server, batch, tasks),
-        "served_mb": memory["served_bytes"] / 2**20, "full_models_mb": memory["full_models_bytes"] / 2**20,
+        "served_mb": memory["served_bytes"] / 1e6, "full_models_mb": memory["full_models_bytes"] / 1e6,
         "memory_ratio": memory["ratio"],
     }
 
@@ -140,6 +142,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     requests = request_stream(args.requests)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# {machine(torch.device('cpu'))}, torch {torch.__version__}; load average at the start {load:.1f} "
+          "(other work sharing the machine makes every time longer)")
     print(f"One base + 3 SYNTHETIC packs ({', '.join(TASKS)}: perturbed biases, random heads; nothing trained). "
           f"{args.requests} mixed requests (MRPC pairs, SST-2 and CoLA sentences), torch threads: {args.threads}.")
     results = []
@@ -154,7 +159,10 @@ def main(argv=None) -> dict:
         print(f"  max |prob diff| mixed vs per-task runs: {r['max_prob_difference']:.2e} (limit 1e-5)")
         print(f"  memory: one base + 3 packs {r['served_mb']:.1f} MB vs 3 full models {r['full_models_mb']:.1f} MB "
               f"({r['memory_ratio']:.3f}x)")
-    report = {"threads": args.threads, "requests": args.requests, "synthetic_packs": True, "results": results}
+    end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n# load average at the end {end:.1f}")
+    report = {"machine": machine(torch.device("cpu")), "torch": torch.__version__, "load_average_1min": [load, end],
+              "threads": args.threads, "requests": args.requests, "synthetic_packs": True, "results": results}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -12,9 +12,12 @@ base bias) and the head. It answers in two ways:
   LayerNorm with a non-zero delta adds ``delta[task_ids]`` (one row per example) to the output;
   each example then goes through its own task's head.
 
-Both refuse to run when the frozen (non-bias, non-head) weights changed since the packs were
-attached, checked by a sampled fingerprint (``lab.packs.base_fingerprint``; see ``lab.packs.load_bias_checkpoint`` for what it cannot
-see, and :meth:`MultiTaskBitFit.verify_full` for the full check).
+Both refuse to run when a frozen (non-bias, non-head) tensor was written or replaced since the
+packs were attached: training, ``load_state_dict``, ``copy_``, ``nn.init``. That check reads each
+tensor's identity and PyTorch's in-place version counter, so it costs microseconds per call. What it
+cannot see: an in-place edit through ``tensor.data``, which bypasses the version counter.
+:meth:`MultiTaskBitFit.check_base` with ``sampled=True`` also hashes 4,096 strided elements per
+tensor (``lab.packs.base_fingerprint``), and :meth:`MultiTaskBitFit.verify_full` hashes them all.
 
 Supported heads: BERT-style ``...ForSequenceClassification`` models whose logits are
 ``classifier(dropout(pooler_output))`` with a Linear ``classifier`` (BERT, MiniLM), the pooler
@@ -77,6 +80,7 @@ class MultiTaskBitFit:
         self._owners = _bias_owners(model, self._bias_names)
         self._full_fingerprint = base_fingerprint(model, self._exclude, full=True)
         self._fingerprint = base_fingerprint(model, self._exclude)
+        self._stamp = self._frozen_stamp()
         self.tasks: dict[str, TaskPack] = {}
         self.active: str | None = None
         self._stacked: list[tuple[nn.Module, torch.Tensor]] | None = None
@@ -99,7 +103,7 @@ class MultiTaskBitFit:
                 whose size disagrees with its label names or with ``labels``.
             BaseChanged: the frozen weights changed since this object was built.
         """
-        self.check_base()  # the attach-time fingerprints below must still describe the model
+        self.check_base(sampled=True)  # the attach-time fingerprints below must still describe the model
         source = str(pack) if isinstance(pack, (str, os.PathLike)) else f"pack for '{task}'"
         tensors, meta = packs.read_bias_checkpoint(pack) if isinstance(pack, (str, os.PathLike)) else pack
         if task in self.tasks:
@@ -178,19 +182,31 @@ class MultiTaskBitFit:
 
     # ----- checks ----------------------------------------------------------------
 
-    def check_base(self) -> None:
-        """Raise :class:`BaseChanged` if the sampled fingerprint of the frozen weights changed since attach."""
-        if base_fingerprint(self.model, self._exclude) != self._fingerprint:
+    def check_base(self, sampled: bool = False) -> None:
+        """Raise :class:`BaseChanged` if a frozen tensor was written or replaced since attach.
+
+        Args:
+            sampled: also compare the sampled fingerprint (4,096 elements per tensor), which sees an
+                edit through ``.data`` at a sampled position; the default check reads only each
+                tensor's identity and version counter.
+        """
+        if self._frozen_stamp() != self._stamp or (
+                sampled and base_fingerprint(self.model, self._exclude) != self._fingerprint):
             raise BaseChanged(
                 "The base model's frozen weights changed after the packs were attached (training, "
                 "load_state_dict or a copy into them): every pack's biases were trained for the old weights. "
                 "Reload the base model and build a new MultiTaskBitFit.")
 
+    def _frozen_stamp(self) -> tuple[tuple[str, int, int], ...]:
+        """``(name, id, version)`` of every frozen tensor: any in-place write bumps the version."""
+        return tuple((n, id(p), p._version) for n, p in self.model.named_parameters() if n not in self._exclude)
+
     def verify_full(self) -> None:
         """Hash every frozen element (slow: the whole model) and raise :class:`BaseChanged` on any change.
 
-        ``switch`` and ``forward_mixed`` check a sample of 4,096 elements per tensor; an edit between
-        sampled positions passes them. Call this where that matters (after loading, on a schedule).
+        ``switch`` and ``forward_mixed`` see every in-place write except one through ``.data``;
+        ``check_base(sampled=True)`` sees such an edit only at a sampled position. Call this where
+        that matters (after loading, on a schedule).
         """
         if base_fingerprint(self.model, self._exclude, full=True) != self._full_fingerprint:
             raise BaseChanged(
@@ -286,6 +302,20 @@ class MultiTaskBitFit:
                             "probs": probs.tolist()})
         return answers
 
+    def predict_switching(self, requests: Sequence[tuple[str, str | tuple[str, str]]], tokenizer,
+                          max_length: int = DEFAULT_MAX_LENGTH) -> list[dict[str, Any]]:
+        """The reference for :meth:`predict`: each request alone, a plain forward after ``switch`` (same format)."""
+        if self.model.training:
+            raise ValueError("predict_switching serves predictions: call model.eval() first.")
+        answers = []
+        for task, text in requests:
+            self.switch(task)
+            with torch.no_grad():
+                probs = self.model(**encode_requests([(task, text)], tokenizer, max_length)).logits[0].float().softmax(-1)
+            answers.append({"task": task, "label": self.tasks[task].id2label[int(probs.argmax())],
+                            "probs": probs.tolist()})
+        return answers
+
     @property
     def task_names(self) -> list[str]:
         """Attached tasks in the order their indices in ``task_ids`` refer to."""
@@ -357,6 +387,12 @@ class MultiTaskBitFit:
                 "pack_bytes": packs, "served_bytes": served, "full_models_bytes": full,
                 "ratio": served / full if full else float("nan")}
 
+    def memory_line(self) -> str:
+        """:meth:`memory_report` in one line: this server against one full model per task."""
+        m = self.memory_report()
+        return (f"one base + {m['tasks']} packs: {m['served_bytes'] / 1e6:.1f} MB; {m['tasks']} full models: "
+                f"{m['full_models_bytes'] / 1e6:.1f} MB ({100 * m['ratio']:.0f} %)")
+
 
 # ----- helpers ------------------------------------------------------------------
 
@@ -406,40 +442,6 @@ def encode_requests(requests: Sequence[tuple[str, str | tuple[str, str]]], token
         encoded.append(tokenizer(first, second, truncation=True, max_length=max_length))
     batch = tokenizer.pad(encoded, return_tensors="pt")
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-
-
-def synthetic_pack(model: nn.Module, task: str, num_labels: int = 2, scale: float = 0.05, seed: int = 0,
-                   fingerprint: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A made-up pack for ``model``: its biases randomly perturbed and a random head (tests, benchmarks).
-
-    Nothing is trained: the pack only has the shape, metadata and fingerprint of a real one.
-
-    Args:
-        model: the base model the pack is for (left unchanged).
-        task: recorded as the pack's task.
-        num_labels: rows of the random head; labels are named ``LABEL_i``.
-        scale: standard deviation of the bias noise and of the head's entries.
-        seed: seed of the noise.
-        fingerprint: the base's full fingerprint if already computed (it hashes every frozen weight).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    groups = bu.parameter_groups(model)
-    params = dict(model.named_parameters())
-    noise = lambda shape: scale * torch.randn(shape, generator=generator)  # noqa: E731
-    tensors = {n: (p.detach().cpu() + noise(p.shape).to(p.dtype)).contiguous()
-               for n, p in params.items() if groups[n] not in ("head", "frozen")}
-    hidden = model.classifier.in_features
-    tensors["classifier.weight"] = noise((num_labels, hidden)).to(model.classifier.weight.dtype)
-    tensors["classifier.bias"] = noise((num_labels,)).to(model.classifier.bias.dtype)
-    exclude = [n for n, g in groups.items() if g != "frozen"]
-    meta = {"format": packs.PACK_FORMAT, "base_model": str(getattr(model.config, "_name_or_path", "") or ""),
-            "architecture": type(model).__name__,
-            "task": task, "label_names": [f"LABEL_{i}" for i in range(num_labels)],
-            "fingerprint": base_fingerprint(model, exclude),
-            "fingerprint_full": fingerprint or base_fingerprint(model, exclude, full=True),
-            "id2label": {str(i): f"LABEL_{i}" for i in range(num_labels)},
-            "user": {"synthetic": True}}
-    return tensors, meta
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

@@ -4,13 +4,16 @@
 the others come from :func:`make_pack`: it first looks for a ready pack of the task that fits this
 very base (``lab.packs.load_bias_checkpoint`` decides: same base name, architecture, head and
 labels, frozen-weight fingerprint), then for one it wrote before with the same settings, and only
-then trains one. Training follows 02's rule on a subsample (``PackSettings``): BitFit
+then trains one; :func:`serve_tasks` puts them on one base. Training follows 02's rule on a subsample (``PackSettings``): BitFit
 (``apply_bitfit``), ``make_trainer(..., task=)``, the epoch kept by validation MCC, dev reported.
 Before it starts it prints what it will train and how long that should take on this machine
 (a measured training step times the steps, plus the scoring).
 
 For another base model: pass ``model_name`` (or set ``$BITFIT_MODEL``); ready packs of another
 base are refused by their fingerprint, so the packs are trained anew for it.
+
+:func:`synthetic_pack` makes an untrained pack with a real pack's shape and metadata, for tests
+and benchmarks.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from bitfit_utils import parameter_groups
 from lab import packs
 from lab.tasks import get_task
 
@@ -54,6 +60,8 @@ class PackSettings:
 STUDENT = PackSettings(train_size=2000, validation_size=400, dev_size=None, epochs=2)
 #: CI (``BITFIT_QUICK=1``): seconds per task; the pack is barely trained.
 QUICK = PackSettings(train_size=64, validation_size=32, dev_size=32, epochs=1)
+#: The study's packs (``study.run``'s task stage), used where they fit the base.
+READY_PACKS = "results/v3/packs"
 
 
 def pack_settings(quick: bool) -> PackSettings:
@@ -153,6 +161,36 @@ def make_pack(task: str, out_dir: str | os.PathLike = "packs", *, model_name: st
     return _train_pack(model_name, spec.name, target, settings, data_dir, say)
 
 
+def serve_tasks(base_model: str, ready: Mapping[str, str | os.PathLike], out_dir: str | os.PathLike = "packs",
+                tasks: Sequence[str] = ("sst2", "cola"), quick: bool = False,
+                ready_dir: str | os.PathLike | None = READY_PACKS):
+    """03's server: the base loaded once, with the packs in ``ready`` and one per task in ``tasks``.
+
+    Args:
+        base_model: the base every pack must fit (a pack's ``base_model`` metadata).
+        ready: packs already made, ``{task: path}`` (03: 02's MRPC pack).
+        out_dir, ready_dir: as :func:`make_pack`.
+        tasks: the other tasks; each pack comes from :func:`make_pack` (ready, made before, or trained now).
+        quick: train the small CI subsample (``pack_settings``).
+
+    Prints each task's labels and the server's memory against one full model per task.
+
+    Returns:
+        ``(server, {task: pack path})``: a ``lab.serving.MultiTaskBitFit`` in eval mode, and its packs.
+    """
+    from lab.models import load_model
+    from lab.serving import MultiTaskBitFit
+
+    paths = {task: Path(path) for task, path in ready.items()}
+    for task in tasks:
+        paths[task] = make_pack(task, out_dir, model_name=base_model, settings=pack_settings(quick), ready_dir=ready_dir)
+    base, _ = load_model(base_model, verbose=False)
+    server = MultiTaskBitFit(base.eval(), paths)   # every pack checked against this very base
+    print({task: list(pack.id2label.values()) for task, pack in server.tasks.items()})
+    print(server.memory_line())
+    return server, paths
+
+
 def _train_pack(model_name: str | None, task: str, target: Path, settings: PackSettings, data_dir, say) -> Path:
     """Train BitFit on ``task`` by 02's rule on ``settings``' subsample and save the pack at ``target``."""
     import bitfit_utils as bu
@@ -211,3 +249,37 @@ def _train_pack(model_name: str | None, task: str, target: Path, settings: PackS
 def _duration(seconds: float) -> str:
     """``"45 s"`` under two minutes, else ``"3.2 min"``."""
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def synthetic_pack(model: nn.Module, task: str, num_labels: int = 2, scale: float = 0.05, seed: int = 0,
+                   fingerprint: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A made-up pack for ``model``: its biases randomly perturbed and a random head (tests, benchmarks).
+
+    Nothing is trained: the pack only has the shape, metadata and fingerprint of a real one.
+
+    Args:
+        model: the base model the pack is for (left unchanged).
+        task: recorded as the pack's task.
+        num_labels: rows of the random head; labels are named ``LABEL_i``.
+        scale: standard deviation of the bias noise and of the head's entries.
+        seed: seed of the noise.
+        fingerprint: the base's full fingerprint if already computed (it hashes every frozen weight).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    groups = parameter_groups(model)
+    params = dict(model.named_parameters())
+    noise = lambda shape: scale * torch.randn(shape, generator=generator)  # noqa: E731
+    tensors = {n: (p.detach().cpu() + noise(p.shape).to(p.dtype)).contiguous()
+               for n, p in params.items() if groups[n] not in ("head", "frozen")}
+    hidden = model.classifier.in_features
+    tensors["classifier.weight"] = noise((num_labels, hidden)).to(model.classifier.weight.dtype)
+    tensors["classifier.bias"] = noise((num_labels,)).to(model.classifier.bias.dtype)
+    exclude = [n for n, g in groups.items() if g != "frozen"]
+    meta = {"format": packs.PACK_FORMAT, "base_model": str(getattr(model.config, "_name_or_path", "") or ""),
+            "architecture": type(model).__name__,
+            "task": task, "label_names": [f"LABEL_{i}" for i in range(num_labels)],
+            "fingerprint": packs.base_fingerprint(model, exclude),
+            "fingerprint_full": fingerprint or packs.base_fingerprint(model, exclude, full=True),
+            "id2label": {str(i): f"LABEL_{i}" for i in range(num_labels)},
+            "user": {"synthetic": True}}
+    return tensors, meta

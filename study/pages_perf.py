@@ -16,20 +16,47 @@ def _r(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+#: The page's names of the benchmarks' model shapes.
+SHAPE_NAMES = {"minilm": "MiniLM", "bert-base": "BERT-base 形狀", "bert-base-shape": "BERT-base 形狀"}
+
+
+def _json(results: Path, stem: str) -> dict | None:
+    path = results / f"{stem}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def pack_switch_line(results: Path) -> str:
-    """Pack switching as measured by ``bench_bitfit.py --pack-only`` (the loader re-hashes the base every time)."""
-    path = results / "bench_pack_switch.json"
-    if not path.exists():
-        return "（切換 pack 的時間：執行 `python benchmarks/bench_bitfit.py --pack-only` 產生 `results/bench_pack_switch.*`。）"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    names = {"minilm": "MiniLM", "bert-base": "BERT-base 形狀"}
-    parts = [f"{names.get(k, k)} 每次 {v['pack']['switch_ms']:.0f} ms（其中雜湊 {v['pack']['frozen_bytes'] / 1e6:.0f} MB "
-             f"凍結權重 {v['pack']['hash_ms']:.0f} ms）" for k, v in data["shapes"].items()]
-    return ("**在已載入的模型上切換 bias pack**：" + "、".join(parts) + f"（{machine(data['machine'])}，torch {data['torch']}；"
+    """Loading a pack from disk onto a loaded model, as measured by ``bench_bitfit.py --pack-only``."""
+    data = _json(results, "bench_pack_switch")
+    if data is None:
+        return "（從檔案載入 pack 的時間：執行 `python benchmarks/bench_bitfit.py --pack-only` 產生 `results/bench_pack_switch.*`。）"
+    parts = [f"{SHAPE_NAMES.get(k, k)} 每次 {v['pack']['switch_ms']:.0f} ms（其中抽樣指紋 {v['pack']['hash_ms']:.0f} ms；"
+             f"雜湊全部 {v['pack']['frozen_bytes'] / 1e6:.0f} MB 凍結權重要 {v['pack']['full_hash_ms']:.0f} ms）"
+             for k, v in data["shapes"].items()]
+    return ("**從檔案載入 bias pack 到已載入的模型**：" + "、".join(parts) + f"（{machine(data['machine'])}，torch {data['torch']}；"
             f"量測開始時 load average {data['load_average_1min']:.1f}，有其他工作共用 CPU 時每個時間都偏長；"
             "`python benchmarks/bench_bitfit.py --pack-only`，原始輸出在 `results/bench_pack_switch.txt`）。"
-            "每次載入都重新計算凍結權重的 SHA-256（不快取），所以基底無論怎麼被改過（`.data`、`load_state_dict`、`copy_`）"
-            "都會被拒絕；代價是切換時間隨模型大小成長，幾乎全花在雜湊上。")
+            "每次載入都對凍結權重做抽樣指紋（每個張量 4,096 個等距元素），換了基底、訓練過或 `load_state_dict` 過的模型都會被拒絕；"
+            "只改了抽樣位置之間幾個元素的，抽樣看不到，`verify=\"full\"` 雜湊每個元素。")
+
+
+def serving_line(results: Path) -> str:
+    """One base serving three tasks, as measured by ``bench_serving.py`` (switching in memory, mixed batch)."""
+    data = _json(results, "bench_serving")
+    if data is None:
+        return "（一個基底服務多個任務：執行 `python benchmarks/bench_serving.py --json results/bench_serving.json`。）"
+    parts = [f"{SHAPE_NAMES.get(r['base'], r['base'])}：切換 {r['switch_ms']:.2f} ms（一次 batch {r['batch']} 前向的 "
+             f"{r['switch_over_forward']:.4f} 倍），混合批次的吞吐是單一任務的 {r['mixed_throughput_ratio']:.2f} 倍，"
+             f"與逐任務的機率最多差 {r['max_prob_difference']:.0e}，記憶體 {r['served_mb']:.0f} MB 對 "
+             f"{r['full_models_mb']:.0f} MB（{r['memory_ratio']:.3f} 倍）" for r in data["results"]]
+    load = data.get("load_average_1min")
+    where = (f"{machine(data['machine'])}，torch {data['torch']}，load average {load[0]:.1f} → {load[1]:.1f}"
+             if "machine" in data else "機器沒有記錄")
+    return ("**一個基底同時服務三個任務**（`lab/serving.py` 的 `MultiTaskBitFit`；三個合成 pack，"
+            "`python benchmarks/bench_serving.py`，原始輸出在 `results/bench_serving.txt`，" + where + "）："
+            + "；".join(parts) + "。切換不讀檔也不雜湊：只把偏置寫回、換分類頭，並檢查每個凍結張量的身分與 PyTorch 的"
+            "版本計數（訓練、`load_state_dict`、`copy_` 都會改變它而被拒絕；透過 `.data` 的修改看不到，"
+            "`check_base(sampled=True)` 與 `verify_full()` 才查得到）。")
 
 
 def perf_block(results: Path) -> str:
@@ -76,7 +103,7 @@ def perf_block(results: Path) -> str:
     out = [f"量測環境：{machine(cpu['machine'])}（torch {cpu['torch']}），fp32、batch {cpu['batch']}、長度 {cpu['seq_len']}。"
            f"指令：`python benchmarks/bench_bitfit.py --shapes minilm --epoch` 與 `--shapes bert-base`；原始輸出在 {files}。"
            "各方法在同一次執行中交錯量測；記憶體是每個方法各開一個新行程量測。每個數字都只量了一次：只差在小數第二位時請當成雜訊。",
-           "", *table, "", pack_switch_line(results), ""]
+           "", *table, "", pack_switch_line(results), "", serving_line(results), ""]
 
     m = shapes["minilm"]
     saves, shared = m["saves"], m["shared"]

@@ -7,7 +7,8 @@ import torch
 
 import bitfit_utils as bu
 from lab import packs
-from lab.serving import BaseChanged, MultiTaskBitFit, synthetic_pack
+from lab.serving import BaseChanged, MultiTaskBitFit
+from lab.task_packs import synthetic_pack
 from conftest import tiny_bert
 
 LABELS = {"mrpc": 2, "sst2": 2, "nli3": 3}  # one head with three labels
@@ -140,17 +141,28 @@ def test_switch_refused_after_the_frozen_weights_change(change):
         server.verify_full()
 
 
-def test_sampled_check_misses_an_edit_between_strides_verify_full_catches_it():
+def test_data_edits_escape_the_fast_check_sampled_and_full_checks_catch_them():
     model = tiny_bert(vocab_size=512)  # word embeddings 512 x 16 = 8192 elements: every other one sampled
     server = make_server(model)
     embeddings = model.bert.embeddings.word_embeddings.weight
-    embeddings.data.view(-1)[1] += 1.0  # position 1 lies between the sampled positions 0 and 2
-    server.switch("sst2")  # the sampled check cannot see it
+    embeddings.data.view(-1)[1] += 1.0  # .data bypasses the version counter; position 1 is not sampled
+    server.switch("sst2")  # the per-call check cannot see it
+    server.check_base(sampled=True)  # nor can the sampled hash: position 1 lies between 0 and 2
     with pytest.raises(BaseChanged, match="full check"):
         server.verify_full()
     embeddings.data.view(-1)[2] += 1.0  # a sampled position
+    server.switch("mrpc")
     with pytest.raises(BaseChanged):
-        server.switch("mrpc")
+        server.check_base(sampled=True)
+
+
+def test_a_replaced_frozen_tensor_is_refused():
+    model = tiny_bert()
+    server = make_server(model)
+    other = {k: v for k, v in tiny_bert(seed=1).state_dict().items() if k.endswith("query.weight")}
+    model.load_state_dict(other, strict=False, assign=True)  # new tensors, fresh version counters
+    with pytest.raises(BaseChanged, match="Reload the base model"):
+        server.switch("sst2")
 
 
 def test_pack_of_another_task_is_refused():
@@ -201,6 +213,10 @@ def test_predict_requests_with_pairs_and_single_sentences(tokenizer):
     assert [a["task"] for a in answers] == ["mrpc", "sst2", "nli3", "sst2"]
     assert [len(a["probs"]) for a in answers] == [2, 2, 3, 2]
     assert answers[2]["label"] in {"LABEL_0", "LABEL_1", "LABEL_2"}
+    switched = server.predict_switching(requests, tokenizer)  # one request at a time, a plain forward each
+    assert [a["label"] for a in switched] == [a["label"] for a in answers]
+    assert max(abs(p - q) for a, b in zip(answers, switched) for p, q in zip(a["probs"], b["probs"])) <= 1e-5
+    assert server.active == "sst2"
 
 
 def test_memory_report_counts_one_base_and_small_packs():
@@ -210,6 +226,7 @@ def test_memory_report_counts_one_base_and_small_packs():
     assert report["served_bytes"] == (report["base_bytes"] + report["bias_reference_bytes"]
                                       + sum(report["pack_bytes"].values()))
     assert report["full_models_bytes"] > report["served_bytes"]
+    assert server.memory_line().startswith("one base + 3 packs: ")
 
 
 def test_training_mode_and_unsupported_models_are_refused():
