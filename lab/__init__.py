@@ -10,7 +10,14 @@
 - ``lab.timing``: how long a notebook's trainings will take here, told before they start.
 - ``lab.analysis``: training curves, bias changes, sizes and latency.
 - ``lab.packs``: bias packs: save, read and load the trained biases and head of one task.
-- ``lab.methods``: the methods compared with BitFit: frozen and full baselines, LoRA, BEFT (peft).
+- ``lab.serving``: one base serving several tasks' packs (switching, one mixed forward pass).
+- ``lab.task_packs``: another task's pack, found ready or trained on a subsample; 03's server.
+- ``lab.consistency``: do the same bias groups move most on every task.
+- ``lab.methods``: the methods compared with BitFit: frozen and full baselines, LoRA, BEFT (peft);
+  ``lab.registry``: the one table of methods (set-up, checkpoint, grid) everything else reads.
+- ``lab.selection``: the one rule that picks an epoch and a rate (validation MCC, ties, patience).
+- ``lab.heads``: what the classifier reads ([CLS] through the pooler, or the masked token mean).
+- ``lab.handout``: the handout's snippets, run as written, for 02's optional section.
 - ``lab.recipe``: what 02 trains (the study's recipe or the defaults; QUICK, DEMO) and how long it takes.
 - ``lab.study``: the study as 02 shows it: its headline, this run among its seeds.
 - ``lab.families``: where the biases sit in architectures other than BERT's (registered with

@@ -293,8 +293,9 @@ def requests_frame(requests, answers, switched=None):
     Args:
         requests: ``(task, text)`` or ``(task, (text_a, text_b))`` pairs.
         answers: ``MultiTaskBitFit.predict``'s answers, one per request.
-        switched: the probabilities the same requests got one at a time after ``switch`` (optional): adds
-            the largest difference per request.
+        switched: the same requests answered one at a time after ``switch`` (optional;
+            ``MultiTaskBitFit.predict_switching``'s answers or their probabilities): adds the largest
+            difference per request.
     """
     import pandas as pd
 
@@ -303,6 +304,7 @@ def requests_frame(requests, answers, switched=None):
                           "answer": [a["label"] for a in answers],
                           "p(answer)": [round(max(a["probs"]), 3) for a in answers]})
     if switched is not None:
+        probs = [s["probs"] if isinstance(s, dict) else s for s in switched]
         table["|Δp| vs switching"] = [float(np.abs(np.asarray(a["probs"]) - np.asarray(s)).max())
-                                      for a, s in zip(answers, switched)]
+                                      for a, s in zip(answers, probs)]
     return table

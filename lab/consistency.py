@@ -217,3 +217,19 @@ def plot_consistency(changes_by_task: Mapping[str, object], titles: Mapping[str,
     fig.suptitle("mean |b0 - bF| per entry, per layer and bias group", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def show_consistency(base_model: torch.nn.Module, paths: Sequence, titles: Mapping[str, str] | None = None) -> Consistency:
+    """03's figure and sentence for a few packs (one per task) against their untouched ``base_model``.
+
+    Returns:
+        The comparison (:func:`compare_tasks`) the figure and the printed sentence come from.
+    """
+    from lab.tasks import TASKS
+
+    changes = changes_by_task(base_model, list(paths))
+    result = compare_tasks({task: group_profile(table) for task, table in changes.items()})
+    titles = titles or {t: TASKS[t].title if t in TASKS else t for t in changes}
+    plot_consistency(changes, titles, result.top)
+    print(consistency_sentence(result, titles))
+    return result

@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lab.registry import METHODS
 from lab.selection import MAX_EPOCHS
@@ -79,6 +80,11 @@ class RunSettings:
     bf16: bool = False  # bf16 autocast (mixed precision) for every training: the CPU demo, on a CPU with native bf16
     patience: int | None = None  # stop after this many epochs without a better validation MCC (None: run every epoch)
     expected_epochs: dict[str, float] = field(default_factory=dict)  # for the time forecast: where the rule stops
+
+    def trainer_args(self, method: str) -> dict[str, Any]:
+        """``make_trainer`` / ``train_method`` keywords for ``method``: rate, epoch cap, stopping rule, batch, bf16."""
+        return {"learning_rate": self.lr[method], "epochs": self.epochs[method], "patience": self.patience,
+                "batch_size": self.batch_size, "bf16": self.bf16}
 
 
 def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,

@@ -242,12 +242,22 @@ def v1_block(results: Path) -> str:
 # ----- README.md: the summary ----------------------------------------------------------------
 
 
+#: Protocol 2's rule, said wherever one of its numbers is shown (protocol 3 replaces them when it is done).
+P2_RULE_ZH = "舊規則：最多 6 個 epoch，seed 0 也在回報裡"
+
+
 def summary_block(results: Path) -> str:
+    from study.run import machine_hours, plan, read_runs
+
+    v3 = read_runs(results / "v3")
+    hours = sum(machine_hours(v3).values())
+    out = [f"* **方法比較，協定 3**（訓練到 validation MCC 不再進步，上限 20 個 epoch；seed 0 只挑學習率）：進行中，"
+           f"完成 {len(v3)} / {len(plan(v3))} 個 run（{hours:.1f} 機器小時），表格在 results/README.md 第 0 節。"
+           "在它跑完之前，下面是協定 2 的數字。"]
     runs = p2.read_runs(results / "v2")
     planned = p2.plan(runs)
     done = {r["name"] for r in runs}
     n_done = sum(s["name"] in done for s in planned)
-    out = []
     methods = csv(results / "v2" / "methods.csv", "method")
     if methods is not None:
         shown = [m for m in ("bitfit", "full", "lora", "frozen") if m in methods.index]
@@ -255,12 +265,11 @@ def summary_block(results: Path) -> str:
                          + ("" if math.isnan(methods.acc_std[m]) else f" ± {methods.acc_std[m]:.1f}")
                          + f"（F1 {methods.f1_mean[m]:.1f}，{int(methods.seeds[m])} 個 seed）" for m in shown)
         used = [r for r in runs if r["method"] in shown and r["part"] != "tta" and r["lr"] == methods.lr[r["method"]]]
-        out.append(f"* **方法比較**（協定 2：學習率與 epoch 在 MRPC 訓練集切出的 validation 上選，dev 只在選定點報告；"
-                   f"離線 MiniLM）：dev accuracy 平均 ± 標準差（跨 seed）{cells}。"
+        out.append(f"* **方法比較**（協定 2，{P2_RULE_ZH}；離線 MiniLM）：dev accuracy 平均 ± 標準差（跨 seed）{cells}。"
                    f"{'' if n_done == len(planned) else f'研究仍在進行（{n_done} / {len(planned)} 個 run）。'}"
                    f"機器：{_where(used)}。")
     else:
-        out.append(f"* **方法比較**（協定 2：學習率與 epoch 在 MRPC 訓練集切出的 validation 上選，dev 只在選定點報告）："
+        out.append(f"* **方法比較**（{P2_RULE_ZH}；學習率與 epoch 在 validation 上選，dev 只在選定點報告）："
                    f"已完成 {n_done} / {len(planned)} 個 run，主要方法的表格要等格點與 seed 跑完才會產生。")
     cpu = bench(results, "bench_cpu")
     if cpu:
@@ -274,8 +283,8 @@ def summary_block(results: Path) -> str:
     tta = csv(results / "v2" / "tta.csv", "target")
     if tta is not None:
         ratio = lambda t: "BitFit 沒到" if math.isnan(tta.ratio[t]) else f"BitFit / Full FT = {tta.ratio[t]:.2f}"  # noqa: E731
-        out.append(f"* **要訓練多久**（time-to-accuracy，兩者在 CPU 上各單獨跑一次）：validation 到多數類加 5 分，"
-                   f"{ratio('majority_plus_5')}；到 Full FT 的最好成績，{ratio('full_ft_best')}。原因在 02 第 7 節。")
+        out.append(f"* **要訓練多久**（協定 2，{P2_RULE_ZH}；只有 seed 0）："
+                   f"validation 到多數類加 5 分，{ratio('majority_plus_5')}；到 Full FT 的最好成績，{ratio('full_ft_best')}。")
     out.append("* 完整的表格與圖、舊研究（v1）的訓練集大小曲線與逐組偏置、效能剖析、講義說法的逐條檢驗："
                "[`results/README.md`](results/README.md)。")
     return "\n".join(out)

@@ -110,6 +110,29 @@ def test_changes_by_task_reads_packs_and_refuses_another_base(tmp_path):
         changes_by_task(tiny_bert(seed=1), paths)
 
 
+def test_show_consistency_plots_one_panel_per_task_and_prints_the_computed_sentence(tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from lab.consistency import show_consistency
+
+    model = tiny_bert()
+    paths = []
+    for i, task in enumerate(("mrpc", "sst2")):
+        trained = tiny_bert()
+        bu.apply_bitfit(trained)
+        with torch.no_grad():
+            for name, tensor in moved(model, ("query", "intermediate"), seed=i).items():
+                dict(trained.named_parameters())[name].copy_(tensor)
+        paths.append(packs.save_bias_checkpoint(trained, tmp_path / f"{task}.safetensors", task=task))
+    plt.close("all")
+    result = show_consistency(model, paths)
+    assert result.answer and list(result.tasks) == ["mrpc", "sst2"]
+    assert len(plt.gcf().axes) >= 2  # a panel per task
+    assert capsys.readouterr().out.strip() == consistency_sentence(result, {"mrpc": "MRPC", "sst2": "SST-2"})
+
+
 def test_plot_has_one_panel_per_task():
     model = tiny_bert()
     groups, base = bu.parameter_groups(model), dict(model.named_parameters())

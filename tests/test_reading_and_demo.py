@@ -85,3 +85,10 @@ def test_readme_demo_block_comes_from_the_measurement_file(tmp_path):
     measured = json.loads((tmp_path / "demo_cpu.json").read_text(encoding="utf-8"))
     (tmp_path / "demo_cpu.json").write_text(json.dumps({**measured, "precision": "bf16 autocast"}), encoding="utf-8")
     assert "**333 秒**（bf16 autocast）" in demo_block(tmp_path)
+
+
+def test_the_lab_student_path_with_03s_multi_task_section_fits_30_minutes():
+    on_path = [(nb, title) for nb, title, _ in rt.path_sections()]
+    assert any(nb == "03-Inference.ipynb" and "三個任務" in title for nb, title in on_path)  # serving is on the path
+    total, per_notebook = rt.student_path_minutes()
+    assert total <= 30, f"student path {total:.1f} min: {per_notebook}"
