@@ -13,9 +13,6 @@ run, the compared calls timed in turns so that machine drift hits them alike.
 from __future__ import annotations
 
 import argparse
-import codecs
-import csv
-import io
 import json
 import os
 import sys
@@ -28,31 +25,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bitfit_utils import parameter_groups  # noqa: E402
 from benchmarks.bench_bitfit import machine  # noqa: E402
+from lab.data import task_dev  # noqa: E402
 from lab.models import OFFLINE_MODEL, load_model  # noqa: E402
+from lab.tasks import get_task  # noqa: E402
 from lab.serving import MultiTaskBitFit, base_fingerprint, encode_requests  # noqa: E402
 from lab.task_packs import synthetic_pack  # noqa: E402
 
 DATA = Path(os.environ.get("BITFIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc")).parent
-TASKS = {"mrpc": 2, "sst2": 2, "cola": 2}
+#: The served tasks, in the order the request stream cycles through them.
+TASKS = ("mrpc", "sst2", "cola")
 
 
-def read_tsv(path: Path) -> list[list[str]]:
-    """Rows of a GLUE .tsv file (BOM stripped, quotes kept as text)."""
-    text = path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8")
-    return [row for row in csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+def request_stream(n: int, data: Path | None = DATA) -> list[tuple[str, str | tuple[str, str]]]:
+    """``n`` requests cycling MRPC (pair), SST-2 (sentence), CoLA (sentence) from the GLUE dev sets.
 
-
-def request_stream(n: int, data: Path = DATA) -> list[tuple[str, str | tuple[str, str]]]:
-    """``n`` requests cycling MRPC (pair), SST-2 (sentence), CoLA (sentence) from the dev files.
-
-    Layouts: MRPC dev has a header and ``Quality, #1 ID, #2 ID, #1 String, #2 String``; SST-2 dev has
-    a header ``sentence, label``; CoLA dev has no header: ``source, label, original label, sentence``.
+    Read by ``lab.data.task_dev`` through each task's spec (``data``: the folder holding the tasks'
+    offline folders; None: ``lab.data``'s own rules, the Hub included).
     """
-    mrpc = [("mrpc", (r[3], r[4])) for r in read_tsv(data / "mrpc" / "dev.tsv")[1:]]
-    sst2 = [("sst2", r[0]) for r in read_tsv(data / "sst2" / "dev.tsv")[1:]]
-    cola = [("cola", r[3]) for r in read_tsv(data / "cola" / "dev.tsv")]
-    streams = [mrpc, sst2, cola]
-    return [streams[i % 3][i // 3] for i in range(n)]
+    streams = [[(task, x) for x in task_dev(task, data / get_task(task).folder if data else None)[0]]
+               for task in TASKS]
+    return [streams[i % len(TASKS)][i // len(TASKS)] for i in range(n)]
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -96,8 +88,8 @@ def bench_base(name: str, requests, rounds: int, switches: int) -> dict:
     model, tokenizer = build_base(name)
     frozen_not = [n for n, g in parameter_groups(model).items() if g != "frozen"]  # biases and head
     fingerprint = base_fingerprint(model, frozen_not, full=True)  # hashed once for the three packs
-    packs = {task: synthetic_pack(model, task, num_labels=k, seed=i, fingerprint=fingerprint)
-             for i, (task, k) in enumerate(TASKS.items())}
+    packs = {task: synthetic_pack(model, task, num_labels=len(get_task(task).label_names), seed=i,
+                                  fingerprint=fingerprint) for i, task in enumerate(TASKS)}
     server = MultiTaskBitFit(model, packs)
     batch = encode_requests(requests, tokenizer)
     tasks = [t for t, _ in requests]

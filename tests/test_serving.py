@@ -1,6 +1,7 @@
 """lab.serving: one frozen base, several tasks' packs; switching and mixed batches on a tiny random BERT."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -253,3 +254,19 @@ def test_benchmark_request_stream_reads_the_three_dev_layouts(mrpc_dir):
     assert [task for task, _ in requests] == ["mrpc", "sst2", "cola"] * 2
     assert all(isinstance(text, tuple) and len(text) == 2 for task, text in requests if task == "mrpc")
     assert requests[1][1] != "sentence" and requests[2][1].endswith(".")  # no header row, CoLA's 4th column
+
+
+@pytest.mark.slow
+def test_benchmark_runs_on_the_offline_model_and_reports_its_figures(mrpc_dir, tmp_path, capsys):
+    from benchmarks import bench_serving
+
+    data = mrpc_dir.parent
+    if not all((data / task / "dev.tsv").is_file() for task in ("sst2", "cola")):
+        pytest.skip(f"SST-2 or CoLA dev.tsv missing under {data}")
+    report = bench_serving.main(["--bases", "minilm", "--requests", "6", "--rounds", "1", "--switches", "2",
+                                 "--threads", "1", "--json", str(tmp_path / "serving.json")])
+    (r,) = report["results"]
+    assert r["base"] == "minilm" and r["batch"] == 6 and r["max_prob_difference"] <= 1e-5
+    assert r["switch_ms"] > 0 and r["mixed_throughput_ratio"] > 0 and 0 < r["memory_ratio"] < 1
+    assert json.loads((tmp_path / "serving.json").read_text())["results"] == report["results"]
+    assert "load average at the start" in capsys.readouterr().out
