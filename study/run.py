@@ -39,6 +39,7 @@ from pathlib import Path
 from statistics import mean
 
 import torch
+from datasets import DatasetDict
 
 import bitfit_utils as bu
 from lab import packs
@@ -162,7 +163,9 @@ def task_data(task: str, quick: bool = False):
     """The splits a run of ``task`` trains on: ``selection_splits`` of its train set (subsampled per ``TASK_STUDY``)."""
     data = load_task(task)
     keep = TASK_STUDY.get(task)
-    if keep and not quick and keep < len(data["train"]):
+    if quick:  # a smoke test: the first rows (a stratified split of SST-2's 67k sentences takes ~20 s)
+        data["train"] = data["train"].select(range(min(640, len(data["train"]))))
+    elif keep and keep < len(data["train"]):
         data["train"] = data["train"].train_test_split(train_size=keep, seed=0, stratify_by_column="label")["train"]
     return selection_splits(data)
 
@@ -179,10 +182,10 @@ def run_one(spec: dict, quick: bool, jobs: int = 1, out: Path | None = None) -> 
     set_pooling(model, spec["head"])
     total = bu.count_parameters(model)[1]
     model, trainable = setup(model, spec["method"], spec["seed"])
+    if quick:  # a few examples of each split, taken before tokenizing (SST-2 has 67,349 training sentences)
+        splits = DatasetDict({k: splits[k].select(range(n)) for k, n in (("train", 64), ("validation", 32), ("dev", 32))})
     encoded = tokenize_task(splits, tokenizer, task)
     train, validation, dev = encoded["train"], encoded["validation"], encoded["dev"]
-    if quick:
-        train, validation, dev = train.select(range(64)), validation.select(range(32)), dev.select(range(32))
     cost = spec["part"] == "cost"
     max_epochs = COST_EPOCHS if cost else (2 if quick else MAX_EPOCHS)
     warmup_steps = half_epoch_warmup(len(train), BATCH_SIZE)

@@ -82,7 +82,7 @@ def test_make_pack_trains_a_tiny_cola_pack_then_reuses_it_and_prefers_a_ready_on
     tiny = PackSettings(train_size=16, validation_size=8, dev_size=8, epochs=1, batch_size=8)
     path = task_packs.make_pack("cola", tmp_path / "packs", settings=tiny)
     out = capsys.readouterr().out
-    assert out.index("Estimated") < out.index("trained in") and "16 of 7,695 train sentences" in out
+    assert out.index("Estimated") < out.index("trained in") and "16 of 8,551 train sentences" in out
     _, meta = packs.read_bias_checkpoint(path)
     assert meta["task"] == "cola" and meta["label_names"] == ["unacceptable", "acceptable"]
     assert meta["user"]["settings"]["train_size"] == 16 and "dev_mcc" in meta["user"]
@@ -95,3 +95,16 @@ def test_make_pack_trains_a_tiny_cola_pack_then_reuses_it_and_prefers_a_ready_on
     (ready / "cola-bitfit-s1.safetensors").write_bytes(path.read_bytes())
     assert task_packs.make_pack("cola", tmp_path / "elsewhere", settings=tiny, ready_dir=ready).parent == ready
     assert "ready pack" in capsys.readouterr().out
+
+
+def test_subsample_keeps_each_labels_share_and_is_reproducible():
+    import datasets
+
+    from lab.task_packs import _subsample
+
+    data = datasets.Dataset.from_dict({"label": [0] * 700 + [1] * 300, "idx": list(range(1000))})
+    sample = _subsample(data, 100, seed=3)
+    assert len(sample) == 100 and sum(sample["label"]) == 30  # 70 / 30, as in the whole
+    assert sample["idx"] == _subsample(data, 100, seed=3)["idx"] != _subsample(data, 100, seed=4)["idx"]
+    assert len(set(sample["idx"])) == 100 and _subsample(data, None, seed=3) is data
+    assert len(_subsample(data, 10, seed=3, stratify=False)) == 10
