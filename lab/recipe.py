@@ -80,6 +80,7 @@ class RunSettings:
     bf16: bool = False  # bf16 autocast (mixed precision) for every training: the CPU demo, on a CPU with native bf16
     patience: int | None = None  # stop after this many epochs without a better validation MCC (None: run every epoch)
     expected_epochs: dict[str, float] = field(default_factory=dict)  # for the time forecast: where the rule stops
+    forecast_steps: int = 3  # timed steps per method in section 0's forecast (QUICK: 1)
 
     def trainer_args(self, method: str) -> dict[str, Any]:
         """``make_trainer`` / ``train_method`` keywords for ``method``: rate, epoch cap, stopping rule, batch, bf16."""
@@ -137,7 +138,7 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
         epochs, lr = {**epochs, **d["epochs"]}, {**lr, "bitfit": d["bitfit_lr"]}
         expected = {**expected, **d["epochs"]}
     return RunSettings(lr, epochs, batch_size, subset, model_name, section_6, "\n".join(lines), bf16, patience,
-                       expected)
+                       expected, forecast_steps=1 if quick else 3)
 
 
 def planned_trainings(run: RunSettings, train_pairs: int, eval_pairs: int):
@@ -165,7 +166,7 @@ def forecast(model, tokenizer, splits, run: RunSettings, max_length: int = 128):
 
     plans = planned_trainings(run, len(splits["train"]), len(splits["validation"]) + len(splits["dev"]))
     costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit", *run.section_6), batch_size=run.batch_size,
-                               max_length=max_length, bf16=run.bf16)
+                               max_length=max_length, steps=run.forecast_steps, bf16=run.bf16)
     return costs, plans, time_estimate_text(costs, plans, model.name_or_path, optional=("exercise 3",))
 
 
