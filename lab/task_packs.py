@@ -183,7 +183,8 @@ def serve_tasks(base_model: str, ready: Mapping[str, str | os.PathLike], out_dir
 
     Args:
         base_model: the base every pack must fit (a pack's ``base_model`` metadata).
-        ready: packs already made, ``{task: path}`` (03: 02's MRPC pack).
+        ready: packs already made, ``{task: path}`` (03: 02's MRPC pack); the first one's head
+            (``lab.heads``) is the base's, and every pack must have been trained with it.
         out_dir, ready_dir: as :func:`make_pack`.
         tasks: the other tasks; each pack comes from :func:`make_pack` (ready, made before, or trained now).
         quick: train the small CI subsample (``pack_settings``).
@@ -193,6 +194,7 @@ def serve_tasks(base_model: str, ready: Mapping[str, str | os.PathLike], out_dir
     Returns:
         ``(server, {task: pack path})``: a ``lab.serving.MultiTaskBitFit`` in eval mode, and its packs.
     """
+    from lab.heads import set_pooling
     from lab.models import load_model
     from lab.serving import MultiTaskBitFit
 
@@ -200,7 +202,8 @@ def serve_tasks(base_model: str, ready: Mapping[str, str | os.PathLike], out_dir
     for task in tasks:
         paths[task] = make_pack(task, out_dir, model_name=base_model, settings=pack_settings(quick), ready_dir=ready_dir)
     base, _ = load_model(base_model, verbose=False)
-    server = MultiTaskBitFit(base.eval(), paths)   # every pack checked against this very base
+    set_pooling(base, packs.read_bias_checkpoint(next(iter(paths.values())))[1].get("head", "cls"))  # 02's head
+    server = MultiTaskBitFit(base.eval(), paths)   # every pack checked against this very base, head included
     print({task: list(pack.id2label.values()) for task, pack in server.tasks.items()})
     print(server.memory_line())
     return server, paths
