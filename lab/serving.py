@@ -8,9 +8,9 @@ base bias) and the head. It answers in two ways:
 * ``switch(task)``: write that task's biases into the model in place and hand it that task's
   head; a plain ``model(...)`` then answers for the task. No disk I/O, no full re-hash.
 * ``forward_mixed(..., task_ids)``: one forward pass for a batch whose examples belong to
-  different tasks. A bias adds to its layer's output, so a forward hook on every Linear and
-  LayerNorm with a non-zero delta adds ``delta[task_ids]`` (one row per example) to the output;
-  each example then goes through its own task's head.
+  different tasks. A bias adds to its layer's output, so each example can carry its own: a Linear
+  whose bias some task moves computes ``x @ W.T + (bias + delta)[task_ids]`` in one ``addmm``, and
+  a hook adds ``delta[task_ids]`` to such a LayerNorm's output. Each example then gets its task's head.
 
 Both refuse to run when a frozen (non-bias, non-head) tensor was written or replaced since the
 packs were attached: training, ``load_state_dict``, ``copy_``, ``nn.init``. That check reads each
@@ -77,7 +77,8 @@ class MultiTaskBitFit:
         self._exclude = frozenset(self._head_names) | frozenset(self._bias_names)
         self._biases = {n: params[n] for n in self._bias_names}
         self._base = {n: p.detach().clone() for n, p in self._biases.items()}
-        self._owners = _bias_owners(model, self._bias_names)
+        modules = dict(model.named_modules())
+        self._owners = {n: modules[n.rpartition(".")[0]] for n in self._bias_names}  # the module owning each bias
         self._full_fingerprint = base_fingerprint(model, self._exclude, full=True)
         self._fingerprint = base_fingerprint(model, self._exclude)
         self._stamp = self._frozen_stamp()
@@ -338,14 +339,20 @@ class MultiTaskBitFit:
 
     @contextmanager
     def _mixed_biases(self, ids: torch.Tensor) -> Iterator[None]:
-        """Base biases in the model, hooks adding each example's delta; undone on exit, whatever happens."""
-        handles = []
+        """Per-example biases in every Linear's product and LayerNorm's output; undone on exit, whatever happens."""
+        handles, linears = [], []
         try:
             self._write_biases(None)
             for module, stacked in self._stacked_deltas():
-                handles.append(module.register_forward_hook(_add_rows(stacked, ids)))
+                if isinstance(module, nn.Linear):
+                    module.forward = _linear_with_rows(module, (module.bias.detach() + stacked)[ids])
+                    linears.append(module)
+                else:
+                    handles.append(module.register_forward_hook(_add_rows(stacked, ids)))
             yield
         finally:
+            for module in linears:
+                del module.forward  # the class's forward again
             for handle in handles:
                 handle.remove()
             self._write_biases(self.tasks[self.active].deltas if self.active in self.tasks else None)
@@ -369,18 +376,14 @@ class MultiTaskBitFit:
     # ----- memory ---------------------------------------------------------------
 
     def memory_report(self) -> dict[str, Any]:
-        """Parameter bytes of this server (one base + N packs) against N separate full models.
-
-        ``served_bytes`` counts the model's own parameters without its classifier, the base-bias
-        reference copy and every pack (deltas and head); ``full_models_bytes`` is N models of this
-        base, each with its task's head.
-        """
+        """Parameter bytes of this server against N full models: ``served_bytes`` = the model without its
+        classifier + the base-bias reference + every pack (deltas, head); ``full_models_bytes`` = N models."""
         classifier = {id(p) for p in self.model.classifier.parameters()}
-        base = sum(_nbytes(p) for p in self.model.parameters() if id(p) not in classifier)  # tied: once
-        reference = sum(_nbytes(t) for t in self._base.values())
-        packs = {t: sum(_nbytes(d) for d in p.deltas.values()) + sum(_nbytes(w) for w in p.head.parameters())
+        base = sum(p.nbytes for p in self.model.parameters() if id(p) not in classifier)  # tied: once
+        reference = sum(t.nbytes for t in self._base.values())
+        packs = {t: sum(d.nbytes for d in p.deltas.values()) + sum(w.nbytes for w in p.head.parameters())
                  for t, p in self.tasks.items()}
-        heads = {t: sum(_nbytes(w) for w in p.head.parameters()) for t, p in self.tasks.items()}
+        heads = {t: sum(w.nbytes for w in p.head.parameters()) for t, p in self.tasks.items()}
         served = base + reference + sum(packs.values())
         full = sum(base + h for h in heads.values())
         return {"tasks": len(self.tasks), "base_bytes": base, "bias_reference_bytes": reference,
@@ -408,18 +411,20 @@ def _check_supported(model: nn.Module) -> None:
                          "bitfit_utils.load_bias_checkpoint per task instead.")
 
 
-def _bias_owners(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
-    """The module that owns each bias parameter name."""
-    modules = dict(model.named_modules())
-    return {n: modules[n.rpartition(".")[0]] for n in names}
+def _linear_with_rows(module: nn.Linear, bias_rows: torch.Tensor):
+    """A forward for ``module`` in which example ``i`` uses the bias ``bias_rows[i]``: the output starts as
+    each example's bias on all its tokens and ``addmm_`` adds the product in place, as ``F.linear`` does."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        rows = bias_rows.to(x.dtype)
+        out = rows.unsqueeze(1).expand(*x.shape[:-1], -1).contiguous() if x.dim() == 3 else rows.clone()
+        out.view(-1, module.out_features).addmm_(x.reshape(-1, x.shape[-1]), module.weight.t())
+        return out
+
+    return forward
 
 
 def _add_rows(stacked: torch.Tensor, ids: torch.Tensor):
-    """A forward hook adding ``stacked[ids]`` (one delta row per example) to a module's output.
-
-    The addition is in place (no second activation-sized tensor): the output is the module's own
-    fresh result and ``forward_mixed`` runs without autograd.
-    """
+    """A forward hook adding ``stacked[ids]`` (one delta row per example) to a module's fresh output, in place."""
     def hook(module, args, output):
         rows = stacked[ids].to(output.dtype)
         output.add_(rows.unsqueeze(1) if output.dim() == 3 else rows)
@@ -443,6 +448,3 @@ def encode_requests(requests: Sequence[tuple[str, str | tuple[str, str]]], token
     batch = tokenizer.pad(encoded, return_tensors="pt")
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
-
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()

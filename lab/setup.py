@@ -49,6 +49,7 @@ NOT_FOR_KERNEL = {
     "ipykernel": "the kernel running this code has one already",
     "pytest": "for bash run.sh test only",
     "nbval": "for bash run.sh test only",
+    "pytest-xdist": "for bash run.sh test only",
 }
 
 

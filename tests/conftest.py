@@ -77,3 +77,10 @@ def offline(monkeypatch):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: builds an environment or runs the lab end to end in subprocesses "
                                        "(left out by `bash run.sh test --fast`)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Slow tests first, longest first: with ``-n`` (pytest-xdist) each starts on a worker of its own
+    while the other workers take the fast tests, so the longest test does not start last."""
+    rank = {"test_fresh_kernel.py": 0, "test_study_run.py": 1, "test_benchmarks.py": 2}
+    items.sort(key=lambda item: (0, rank.get(item.path.name, 3)) if item.get_closest_marker("slow") else (1, 0))

@@ -94,8 +94,23 @@ def test_plain_forward_unaffected_by_mixed_calls():
     server.forward_mixed(**inputs, task_ids=TASKS)
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, before)
-    assert all(not m._forward_hooks for m in model.modules())
+    assert all(not m._forward_hooks and "forward" not in vars(m) for m in model.modules())  # class forwards again
     assert model.num_labels == 3 and model.config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+
+
+def test_a_mixed_pass_that_fails_leaves_the_model_as_it_was():
+    model = tiny_bert()
+    inputs = batch()
+    server = make_server(model)
+    server.switch("nli3")
+    with torch.no_grad():
+        before = model(**inputs).logits
+    broken = {**inputs, "input_ids": inputs["input_ids"] + 10_000}  # ids past the vocabulary: fails mid-pass
+    with pytest.raises(IndexError):
+        server.forward_mixed(**broken, task_ids=TASKS)
+    assert all(not m._forward_hooks and "forward" not in vars(m) for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, before)
 
 
 def test_switch_matches_load_bias_checkpoint(tmp_path):
