@@ -280,7 +280,7 @@ def selection_splits(data, share: float = VALIDATION_SHARE, seed: int = VALIDATI
 
 
 def training_sets(splits, tokenizer, max_length: int | None = None, subset: int | None = None,
-                  seed: int = DEFAULT_SEED, task: str | TaskSpec = "mrpc"):
+                  seed: int = DEFAULT_SEED, task: str | TaskSpec = "mrpc", eval_subset: int | None = None):
     """The tokenized sets a training needs: ``train`` (or ``subset`` shuffled examples of it) and the eval sets.
 
     Args:
@@ -290,6 +290,8 @@ def training_sets(splits, tokenizer, max_length: int | None = None, subset: int 
         subset: train on this many shuffled examples of train; None: all of them.
         seed: the seed of that shuffle.
         task: the task the splits belong to.
+        eval_subset: score on the first this many examples of validation and of dev (a smoke test);
+            None: all of them.
 
     Returns:
         ``(train_set, eval_sets)``; ``eval_sets`` is ``{"validation": ..., "dev": ...}``, both
@@ -297,7 +299,10 @@ def training_sets(splits, tokenizer, max_length: int | None = None, subset: int 
     """
     encoded = tokenize_task(splits, tokenizer, task, max_length=max_length)
     train_set = encoded["train"].shuffle(seed=seed).select(range(subset)) if subset else encoded["train"]
-    return train_set, {"validation": encoded["validation"], "dev": encoded["dev"]}
+    evals = {k: encoded[k] for k in ("validation", "dev")}
+    if eval_subset:
+        evals = {k: ds.select(range(min(eval_subset, len(ds)))) for k, ds in evals.items()}
+    return train_set, evals
 
 
 def describe_splits(data, splits, label_names: Sequence[str] | None = None, task: str | TaskSpec = "mrpc") -> float:

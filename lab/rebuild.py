@@ -18,7 +18,8 @@ def rebuild_for_02(run, data_dir, seed: int, max_length: int = DEFAULT_MAX_LENGT
     set_seed(seed)
     model, tokenizer = load_model(run.model_name, verbose=False)
     splits = selection_splits(load_mrpc(data_dir))
-    train_set, eval_sets = training_sets(splits, tokenizer, max_length, run.train_subset, seed)
+    train_set, eval_sets = training_sets(splits, tokenizer, max_length, run.train_subset, seed,
+                                         eval_subset=run.eval_subset)
     costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit",), batch_size=run.batch_size,
                                max_length=max_length, bf16=run.bf16)
     return model, tokenizer, splits, train_set, eval_sets, costs

@@ -59,6 +59,8 @@ def settings_note(lr: dict[str, float], recipe: dict | None, patience: int | Non
     return "\n".join([*lines, f"  every method trains {rule} (the study's stopping rule, lab.selection)"])
 
 
+#: Quick mode (CI, ``BITFIT_QUICK=1``) scores validation and dev on their first this many pairs.
+QUICK_EVAL_PAIRS = 128
 #: The instructor demo on a CPU (``BITFIT_DEMO=1``): the offline model, half the pairs per step, BitFit at the
 #: study's rate for 4 epochs with no early stop, no Frozen and no Full FT (section 6 shows the study's seeds),
 #: and bf16 autocast where the CPU computes bf16 in hardware. Designed for <= 6 minutes of 02 on a 2-core
@@ -81,6 +83,7 @@ class RunSettings:
     patience: int | None = None  # stop after this many epochs without a better validation MCC (None: run every epoch)
     expected_epochs: dict[str, float] = field(default_factory=dict)  # for the time forecast: where the rule stops
     forecast_steps: int = 3  # timed steps per method in section 0's forecast (QUICK: 1)
+    eval_subset: int | None = None  # validation and dev scored on their first this many pairs (QUICK: 128)
 
     def trainer_args(self, method: str) -> dict[str, Any]:
         """``make_trainer`` / ``train_method`` keywords for ``method``: rate, epoch cap, stopping rule, batch, bf16."""
@@ -94,7 +97,7 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
 
     The expected epochs (for section 0's forecast) are the mean epochs the study's runs of that rate
     trained before the rule stopped them, else ``EPOCHS_GUESS``. ``quick`` (CI): 256 training pairs, one
-    epoch each. ``demo`` on a CPU: ``DEMO_CPU``, with every trade printed in ``note``; on a GPU the demo
+    epoch each, validation and dev scored on 128 pairs each. ``demo`` on a CPU: ``DEMO_CPU``, with every trade printed in ``note``; on a GPU the demo
     changes nothing. The note names each setting's source.
     """
     from lab.models import OFFLINE_MODEL, cpu_has_native_bf16
@@ -115,7 +118,8 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
     subset, section_6, bf16 = None, ["frozen", "full"], False
     if quick:
         subset, epochs, expected, patience = 256, {m: 1 for m in methods}, {m: 1 for m in methods}, None
-        lines.append(f"QUICK: {subset} training pairs, 1 epoch per method; the scores only show that the code runs.")
+        lines.append(f"QUICK: {subset} training pairs, 1 epoch per method, validation and dev scored on their first "
+                     f"{QUICK_EVAL_PAIRS} pairs; the scores only show that the code runs.")
     elif demo and device != "cpu":
         lines.append("DEMO on a GPU: the settings above run unchanged (section 0 estimates their time here).")
     elif demo:
@@ -138,7 +142,7 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
         epochs, lr = {**epochs, **d["epochs"]}, {**lr, "bitfit": d["bitfit_lr"]}
         expected = {**expected, **d["epochs"]}
     return RunSettings(lr, epochs, batch_size, subset, model_name, section_6, "\n".join(lines), bf16, patience,
-                       expected, forecast_steps=1 if quick else 3)
+                       expected, forecast_steps=1 if quick else 3, eval_subset=QUICK_EVAL_PAIRS if quick else None)
 
 
 def planned_trainings(run: RunSettings, train_pairs: int, eval_pairs: int):

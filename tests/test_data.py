@@ -67,6 +67,10 @@ def test_training_sets_use_the_tasks_length_and_columns(tokenizer):
     train_set, eval_sets = training_sets(splits, tokenizer, 6, subset=4, task="cola")
     assert len(train_set) == 4 and set(eval_sets) == {"validation", "dev"}
     assert max(len(ids) for ids in train_set["input_ids"]) == 6 and "sentence" not in train_set.column_names
+    assert {k: len(ds) for k, ds in eval_sets.items()} == {"validation": 10, "dev": 10}
+    _, small = training_sets(splits, tokenizer, 6, subset=4, task="cola", eval_subset=3)  # quick mode's eval sets
+    assert {k: ds["label"] for k, ds in small.items()} == {k: ds["label"][:3] for k, ds in eval_sets.items()}
+    assert len(small["dev"]) == 3 and len(small["validation"]) == 3
 
 
 HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"

