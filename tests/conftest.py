@@ -80,11 +80,28 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The two longest tests first, the other slow ones last: with ``-n 2`` (pytest-xdist) each long test
-    starts on a worker of its own, and the worker that finishes first takes the fast tests, then the rest."""
+    """Order for ``-n 2`` (pytest-xdist; run.sh test): the longest test and the notebooks first, each on a
+    worker of its own, then the quick study, the fast tests, the other slow ones."""
     def order(item) -> int:
+        if item.path.suffix == ".ipynb":
+            return 1
         if not item.get_closest_marker("slow"):
-            return 2
-        return {"test_fresh_kernel.py": 0, "test_study_run.py": 1}.get(item.path.name, 3)
+            return 3
+        return {"test_fresh_kernel.py": 0, "test_study_run.py": 2}.get(item.path.name, 4)
 
-    items.sort(key=order)  # stable: the fast tests keep their order
+    items.sort(key=order)  # stable: the notebooks' cells and the fast tests keep their order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With ``--dist loadgroup``: every notebook cell (nbval) in one group, which one worker runs in order,
+    each notebook in its own kernel (03 and the solutions read the pack 02 writes); every other test alone."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksInOrder(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "notebooks" if ".ipynb::" in nodeid else nodeid
+
+    return NotebooksInOrder(config, log)

@@ -73,3 +73,48 @@ def test_no_notebook_imports_the_scripts_folders():
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
         assert not re.search(r"^\s*(from|import)\s+(benchmarks|study)\b", code, re.M), path.name
+
+
+def _project_imports(root) -> dict[str, set[str]]:
+    """``{module: project modules it imports}``, at module level or inside functions, read from the source."""
+    files = [root / "bitfit_utils.py", *sorted(root.glob("lab/*.py")), *sorted(root.glob("study/*.py")),
+             *sorted(root.glob("benchmarks/*.py"))]
+    names = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p for p in files}
+    graph = {}
+    for name, path in names.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {m for m in found if m in names} - {name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (as a path that returns to its start), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def test_the_project_has_no_import_cycle():
+    graph = _project_imports(ROOT)
+    assert {"bitfit_utils", "lab.packs", "study.run", "benchmarks.bench_serving"} <= set(graph)
+    assert "lab.packs" in graph["lab.serving"]  # the reader sees imports inside functions too
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]  # the check can fail
