@@ -31,6 +31,18 @@ def kept_text(label: str, trainer, seconds: float) -> str:
             f"{seconds:.0f} s on this {get_device().type}, evaluations included.")
 
 
+def study_shown(results_dir: str | os.PathLike = STUDY_DIR, older: str | os.PathLike = P2_DIR) -> tuple[str, str]:
+    """``(folder, rule)`` of the headline table 02 shows: protocol 3's once every method in its recipe has all
+    its planned seeds, else protocol 2's, with its rule (a table half filled would compare unlike methods)."""
+    from lab.recipe import read_recipe
+
+    recipe = read_recipe(results_dir)
+    methods = (recipe or {}).get("methods", {})
+    done = bool(methods) and all(len(m["seeds"]) >= m["seeds_planned"] for m in methods.values())
+    done = done and (Path(results_dir) / "methods.csv").is_file()
+    return (str(results_dir), "protocol 3") if done else (str(older), P2_RULE)
+
+
 def headline(results_dir: str | os.PathLike = STUDY_DIR):
     """The study's headline table (``methods.csv``) in the notebook's words, or None when it is not there."""
     import pandas as pd

@@ -287,3 +287,16 @@ def test_the_head_is_the_study_s_only_for_a_checkpoint_whose_pooler_never_traine
         trained.bert.pooler.dense.bias.fill_(0.1)
     assert head_for(untrained, recipe) == "mean" and head_for(trained, recipe) == "cls"
     assert head_for(untrained, None) == "cls"  # before the study has decided
+
+
+def test_02_shows_protocol_3_only_once_every_planned_seed_is_in(tmp_path):
+    from lab.study import P2_RULE, study_shown
+
+    v3, v2 = tmp_path / "v3", tmp_path / "v2"
+    fake_recipe(v3)  # BitFit 3 of 5 seeds, Full FT 1 of 5, Frozen none
+    (v3 / "methods.csv").write_text("method,lr\nbitfit,0.003\n")
+    assert study_shown(v3, v2) == (str(v2), P2_RULE)  # half filled: the older table, its rule said
+    fake_recipe(v3, seeds={m: [70.0 + i for i in range(5)] for m in ("frozen", "bitfit", "full")})
+    assert study_shown(v3, v2) == (str(v3), "protocol 3")
+    (v3 / "methods.csv").unlink()
+    assert study_shown(v3, v2) == (str(v2), P2_RULE)  # no headline table yet
