@@ -97,8 +97,8 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
 
     The expected epochs (for section 0's forecast) are the mean epochs the study's runs of that rate
     trained before the rule stopped them, else ``EPOCHS_GUESS``. ``quick`` (CI): 256 training pairs, one
-    epoch each, validation and dev scored on 128 pairs each. ``demo`` on a CPU: ``DEMO_CPU``, with every trade printed in ``note``; on a GPU the demo
-    changes nothing. The note names each setting's source.
+    epoch each, validation and dev scored on ``QUICK_EVAL_PAIRS`` pairs each. ``demo`` on a CPU: ``DEMO_CPU``,
+    with every trade printed in ``note``; on a GPU the demo changes nothing. The note names each setting's source.
     """
     from lab.models import OFFLINE_MODEL, cpu_has_native_bf16
     from lab.selection import PATIENCE

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lab.recipe import METHOD_NAMES, STUDY_DIR, RunSettings, lr_text
+from lab.recipe import METHOD_NAMES, STUDY_DIR, RunSettings, lr_text, read_recipe
 
 #: Where protocol 2's tables are kept with their rule.
 P2_DIR = "results/v2"
@@ -34,8 +34,6 @@ def kept_text(label: str, trainer, seconds: float) -> str:
 def study_shown(results_dir: str | os.PathLike = STUDY_DIR, older: str | os.PathLike = P2_DIR) -> tuple[str, str]:
     """``(folder, rule)`` of the headline table 02 shows: protocol 3's once every method in its recipe has all
     its planned seeds, else protocol 2's, with its rule (a table half filled would compare unlike methods)."""
-    from lab.recipe import read_recipe
-
     recipe = read_recipe(results_dir)
     methods = (recipe or {}).get("methods", {})
     done = bool(methods) and all(len(m["seeds"]) >= m["seeds_planned"] for m in methods.values())
