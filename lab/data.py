@@ -318,10 +318,11 @@ def describe_splits(data, splits, label_names: Sequence[str] | None = None, task
 
     spec = get_task(task)
     names = tuple(label_names or spec.label_names)
-    print(f"GLUE {spec.title}:", {split: len(ds) for split, ds in data.items()})
+    print(f"GLUE {spec.title}:", {"dev" if split == "validation" else split: len(ds) for split, ds in data.items()},
+          "(the Hub names dev 'validation')")
     print("this lab: ", {split: len(ds) for split, ds in splits.items()})
     print(f"validation = {VALIDATION_SHARE:.0%} of {spec.title} train, stratified by label, seed {VALIDATION_SEED}; "
-          "dev = GLUE's validation split")
+          "dev = GLUE's dev set, only reported")
     majority = {}
     for split in ("train", "validation", "dev"):
         counts = Counter(names[y] for y in splits[split]["label"])

@@ -168,7 +168,7 @@ def environment_report() -> dict[str, str]:
         try:
             report[package] = version(package)
         except PackageNotFoundError:
-            report[package] = "MISSING: pip install -r requirements.txt"
+            report[package] = "MISSING: run the first cell again (or: bash run.sh lab)"
     device = get_device()
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(0)

@@ -50,10 +50,12 @@ def settings_note(lr: dict[str, float], recipe: dict | None, patience: int | Non
                   results_dir: str | os.PathLike = STUDY_DIR) -> str:
     """One line per method: its rate, the stopping rule, and where the rate comes from."""
     chosen = (recipe or {}).get("methods", {})
-    rule = f"until validation MCC has not improved for {patience} epochs, at most {cap}" if patience else f"{cap} epochs"
+    rule = (f"until validation MCC (Matthews correlation: 1 perfect, 0 for one answer to every pair; section 1) has "
+            f"not improved for {patience} epochs, at most {cap}") if patience else f"{cap} epochs"
     lines = []
     for method, rate in lr.items():
-        source = (f"the study's choice ({Path(results_dir) / 'recipe.json'})" if method in chosen
+        source = (f"the study's choice on {recipe.get('model', 'its model')} ({Path(results_dir) / 'recipe.json'})"
+                  if method in chosen
                   and chosen[method]["lr"] == rate else "this notebook's default: the study has not chosen one yet")
         lines.append(f"  {METHOD_NAMES.get(method, method):<20} lr {lr_text(rate)}  <- {source}")
     return "\n".join([*lines, f"  every method trains {rule} (the study's stopping rule, lab.selection)"])
@@ -84,6 +86,7 @@ class RunSettings:
     expected_epochs: dict[str, float] = field(default_factory=dict)  # for the time forecast: where the rule stops
     forecast_steps: int = 3  # timed steps per method in section 0's forecast (QUICK: 1)
     eval_subset: int | None = None  # validation and dev scored on their first this many pairs (QUICK: 128)
+    demo: bool = False  # the instructor demo's trades (DEMO_CPU) are in these settings
 
     def trainer_args(self, method: str) -> dict[str, Any]:
         """``make_trainer`` / ``train_method`` keywords for ``method``: rate, epoch cap, stopping rule, batch, bf16."""
@@ -142,7 +145,8 @@ def run_settings(quick: bool, demo: bool, model_name: str | None, device: str,
         epochs, lr = {**epochs, **d["epochs"]}, {**lr, "bitfit": d["bitfit_lr"]}
         expected = {**expected, **d["epochs"]}
     return RunSettings(lr, epochs, batch_size, subset, model_name, section_6, "\n".join(lines), bf16, patience,
-                       expected, forecast_steps=1 if quick else 3, eval_subset=QUICK_EVAL_PAIRS if quick else None)
+                       expected, forecast_steps=1 if quick else 3, eval_subset=QUICK_EVAL_PAIRS if quick else None,
+                       demo=demo and not quick and device == "cpu")
 
 
 def planned_trainings(run: RunSettings, train_pairs: int, eval_pairs: int):
@@ -171,7 +175,7 @@ def forecast(model, tokenizer, splits, run: RunSettings, max_length: int = 128):
     plans = planned_trainings(run, len(splits["train"]), len(splits["validation"]) + len(splits["dev"]))
     costs = measure_step_costs(model, tokenizer, splits["train"], ("bitfit", *run.section_6), batch_size=run.batch_size,
                                max_length=max_length, steps=run.forecast_steps, bf16=run.bf16)
-    return costs, plans, time_estimate_text(costs, plans, model.name_or_path, optional=("exercise 3",))
+    return costs, plans, time_estimate_text(costs, plans, model.name_or_path, optional=("exercise 3",), demo=run.demo)
 
 
 def forecast_for_02(model, tokenizer, data, quick: bool, model_name: str | None) -> str:
@@ -187,12 +191,14 @@ def forecast_for_02(model, tokenizer, data, quick: bool, model_name: str | None)
 def exercise_3_text(costs, run: RunSettings, splits, model_name: str, bitfit_run) -> str:
     """What 02's exercise 3 is compared with, and how long its one epoch takes here (from section 0's costs).
 
-    ``bitfit_run`` is section 3's trainer, or the path of its pack after a kernel restart.
+    ``bitfit_run`` is section 3's trainer, or the path of its pack after a kernel restart. ``costs`` need
+    only BitFit's step (after a restart, ``rebuild_for_02`` measures no other method).
     """
     from lab.timing import estimate_trainings
 
     eval_pairs = len(splits["validation"]) + len(splits["dev"])
-    seconds = estimate_trainings(costs, planned_trainings(run, len(splits["train"]), eval_pairs))["exercise 3"]
+    plan = [p for p in planned_trainings(run, len(splits["train"]), eval_pairs) if p.label == "exercise 3"]
+    seconds = estimate_trainings(costs, plan)["exercise 3"]
     compared_with = str(bitfit_run) if isinstance(bitfit_run, (str, os.PathLike)) else "section 3"
     return (f"Exercise 3 is compared with {compared_with}; it trains one epoch: about {seconds / 60:.1f} min "
             f"with {model_name} on this {costs.device}.")

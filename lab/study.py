@@ -231,16 +231,28 @@ def _placed(value: float, seeds: list[float]) -> str:
     return f"{value:.1f}，{where}研究同一設定 {len(seeds)} 個 seed 的範圍（{min(seeds):.1f}–{max(seeds):.1f}）"
 
 
+def _unlike_the_study(row, name: str, recipe: dict) -> str:
+    """Why a row of this run is not placed among the study's seeds: another model, or other settings."""
+    facts = next(f for m, f in recipe["methods"].items() if METHOD_NAMES.get(m, m) == name)
+    if int(row.trainable) != facts["trainable"]:
+        return f"這次的模型不是研究的 {recipe['model']}（可訓練參數 {int(row.trainable):,} 對 {facts['trainable']:,}）"
+    return (f"這次的設定不是研究的（lr {row.lr}、最多 {int(row.max_epochs)} 個 epoch、"
+            + (f"patience {int(row.patience)}" if row.patience else "不提早停") + f"；研究是 lr {lr_text(facts['lr'])}、"
+            f"最多 {recipe['max_epochs']} 個 epoch、patience {recipe['patience']}）")
+
+
 def this_run_sentences(table, majority_accuracy: float, dev_pairs: int, recipe: dict | None = None) -> list[str]:
     """What 02's own comparison (one seed, one run) shows, from its table and, when given, the study's seeds.
 
     Args:
         table: one row per method (index: ``METHOD_NAMES`` values) with columns ``lr``, ``max_epochs``,
-            ``steps``, ``kept_epoch``, ``trainable``, ``dev_accuracy``, ``train_s``.
+            ``patience``, ``steps``, ``kept_epoch``, ``trainable``, ``dev_accuracy``, ``train_s``.
         recipe: the study's ``recipe.json``: this run's scores are placed among the study's seeds of the
-            same recipe (:func:`study_seeds`).
+            same recipe (:func:`study_seeds`); the figure shows every seed, so a run it cannot be placed
+            among is said to be unlike them, and why.
     """
     said = []
+    shown, same = study_seeds(recipe), study_seeds(recipe, table)
     if "epochs_run" in table and table["patience"].max() > 0:
         said.append("每個方法照同一個停止規則訓練（validation MCC 連續 " + f"{int(table['patience'].max())} 個 epoch 沒進步就停）："
                     + "、".join(f"{m} 跑了 {r.epochs_run:g} 個 epoch、留下第 {r.kept_epoch:g} 個" for m, r in table.iterrows())
@@ -250,40 +262,53 @@ def this_run_sentences(table, majority_accuracy: float, dev_pairs: int, recipe: 
         gap = b.dev_accuracy - f.dev_accuracy
         said.append(f"這次執行（一個 seed）BitFit 的 dev accuracy {b.dev_accuracy:.1f}、Full FT {f.dev_accuracy:.1f}，"
                     f"差 {gap:+.1f} 分 = {abs(gap) * dev_pairs / 100:.0f} 對。")
-        seeds = study_seeds(recipe, table)
-        if {"BitFit", "Full FT"} <= set(seeds):
-            study_gap = sum(seeds["BitFit"]) / len(seeds["BitFit"]) - sum(seeds["Full FT"]) / len(seeds["Full FT"])
-            said.append(f"放進研究裡看：BitFit {_placed(b.dev_accuracy, seeds['BitFit'])}；Full FT "
-                        f"{_placed(f.dev_accuracy, seeds['Full FT'])}。研究各 seed 的平均差是 {study_gap:+.1f} 分："
+        if {"BitFit", "Full FT"} <= set(same):
+            study_gap = sum(same["BitFit"]) / len(same["BitFit"]) - sum(same["Full FT"]) / len(same["Full FT"])
+            said.append(f"放進研究裡看：BitFit {_placed(b.dev_accuracy, same['BitFit'])}；Full FT "
+                        f"{_placed(f.dev_accuracy, same['Full FT'])}。研究各 seed 的平均差是 {study_gap:+.1f} 分："
                         "一個 seed 的差距不代表兩個方法之間的差距。")
+        elif {"BitFit", "Full FT"} <= set(shown):
+            said.append(f"圖中的點是研究在 {recipe['model']} 上照它的設定跑的 seed；{_unlike_the_study(b, 'BitFit', recipe)}，"
+                        "所以星號不放進它們的範圍比。一個 seed 的差距說不出哪個方法比較好。")
         else:
-            said.append("研究還沒有同一設定、同一模型的 seed 可以比（圖中只有這次的點）：一個 seed 的差距說不出哪個方法比較好。")
+            said.append("研究還沒有 BitFit 與 Full FT 的 seed 可以比：一個 seed 的差距說不出哪個方法比較好。")
         run_epochs = lambda r: r.epochs_run if "epochs_run" in r and r.epochs_run else r.max_epochs  # noqa: E731
         said.append(f"訓練時間（不含評估）：BitFit {b.train_s:.0f} s（{b.train_s / run_epochs(b):.0f} s／epoch），"
                     f"Full FT {f.train_s:.0f} s（{f.train_s / run_epochs(f):.0f} s／epoch）。")
     if list(table.index) == ["BitFit"]:
         b = table.loc["BitFit"]
         said.append(f"只訓練了 BitFit（示範模式）：dev accuracy {b.dev_accuracy:.1f}，全部猜 equivalent 是 "
-                    f"{majority_accuracy:.1f}，高出 {b.dev_accuracy - majority_accuracy:.1f} 分；和其他方法的比較看第 7 節的研究表。")
+                    f"{majority_accuracy:.1f}，高出 {b.dev_accuracy - majority_accuracy:.1f} 分。")
+        others = [n for n in shown if n != "BitFit"]
+        if "BitFit" in same:
+            said.append(f"放進研究裡看：BitFit {_placed(b.dev_accuracy, same['BitFit'])}。")
+        elif "BitFit" in shown:
+            said.append(f"{_unlike_the_study(b, 'BitFit', recipe)}：星號不放進研究 seed 的範圍比。")
+        said.append(f"沒有訓練的方法（{'、'.join(others)}）看圖中研究的 seed（{recipe['model']}）。" if others else
+                    "研究還沒有其他方法的 seed：比較等研究跑完（第 7 節）。")
     if "Frozen (head only)" in table.index:
         z = table.loc["Frozen (head only)"]
         said.append(f"Frozen {z.dev_accuracy:.1f}，全部猜 equivalent 是 {majority_accuracy:.1f}："
                     + against_majority(z.dev_accuracy, majority_accuracy, z.get("validation_mcc"), 100 / dev_pairs,
-                                       "validation"))
+                                       "validation")
+                    + (f"放進研究裡看：Frozen {_placed(z.dev_accuracy, same['Frozen (head only)'])}。"
+                       if "Frozen (head only)" in same else ""))
     return said
 
 
-# ----- 02's run settings: the study's choice or the defaults, and what QUICK and DEMO change -------------------
-
 def show_among_seeds(table, recipe: dict | None, majority: float, dev_pairs: int, title: str):
-    """02's section 6: this run among the study's reported seeds (``plot_seeds``), and the sentences placing it."""
+    """02's section 6: the sentences placing this run, then the study's reported seeds of Frozen, BitFit and Full FT
+    (``plot_seeds``: whichever of them this run trained) with this run marked."""
     from lab.analysis import plot_seeds
 
-    seeds = study_seeds(recipe)
-    fig = plot_seeds({n: seeds[n] for n in table.index if n in seeds}, dict(table["dev_accuracy"]), majority, title)
     print("\n".join(f"* {s}" for s in this_run_sentences(table, 100 * majority, dev_pairs, recipe)))
-    return fig
+    seeds = study_seeds(recipe)
+    shown = {n: seeds[n] for n in (METHOD_NAMES[m] for m in ("frozen", "bitfit", "full")) if n in seeds}
+    source = f"the study ({recipe['model']})" if recipe else "the study"
+    return plot_seeds(shown, dict(table["dev_accuracy"]), majority, title, source=source)
 
+
+# ----- 02's run settings: the study's choice or the defaults, and what QUICK and DEMO change -------------------
 
 def comparison_table(trainers: dict, run: RunSettings):
     """02's section 6: one row per trained method, its settings and its scores at the kept epoch."""

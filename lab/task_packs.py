@@ -250,10 +250,7 @@ def _train_pack(model_name: str | None, task: str, target: Path, settings: PackS
         trainer = make_trainer(model, tokenizer, encoded["train"], {"validation": encoded["validation"],
                                "dev": encoded["dev"]}, scratch, learning_rate=settings.learning_rate,
                                epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
-                               task=spec.name, disable_tqdm=True)
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)  # no log dict per epoch in the notebook
+                               task=spec.name)
         trainer.train()
     seconds = time.perf_counter() - start
     row = kept_row(trainer)

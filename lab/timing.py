@@ -22,9 +22,15 @@ from lab.tasks import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, get_task
 LONG_RUN_S = 3600.0
 
 
-def faster_paths(device: str, model_name: str | None = None) -> list[str]:
-    """The one-line switches that make the lab's trainings shorter (the offline model only when not in use)."""
-    paths = ["the instructor demo: BITFIT_DEMO=1 (or DEMO = True in the settings cell)"]
+def faster_paths(device: str, model_name: str | None = None, demo: bool = False) -> list[str]:
+    """The one-line switches that make the lab's trainings shorter: only those not already in use.
+
+    The demo is offered on a CPU when it is off (on a GPU it changes nothing), the offline model when
+    another is in use, a GPU when the device is a CPU.
+    """
+    paths = []
+    if device == "cpu" and not demo:
+        paths.append("the instructor demo: BITFIT_DEMO=1 (or DEMO = True in 02's settings cell)")
     if model_name != OFFLINE_MODEL:
         paths.append(f"the offline model: BITFIT_MODEL={OFFLINE_MODEL} (or MODEL_NAME = \"{OFFLINE_MODEL}\"; 6 "
                      "layers instead of 12)")
@@ -80,12 +86,13 @@ def _minutes(seconds: float) -> str:
 
 
 def time_estimate_text(costs: StepCosts, plans: list[PlannedTraining], model_name: str,
-                       optional: tuple[str, ...] = ()) -> str:
+                       optional: tuple[str, ...] = (), demo: bool = False) -> str:
     """What a student reads before any training: each training's estimate, the total, the faster paths.
 
     Args:
         optional: labels of trainings that run only if the student does them (an exercise); they
             are listed but not added to the total.
+        demo: the instructor demo is running (it is then not offered as a faster path).
     """
     estimates = estimate_trainings(costs, plans)
     total = sum(s for label, s in estimates.items() if label not in optional)
@@ -103,8 +110,10 @@ def time_estimate_text(costs: StepCosts, plans: list[PlannedTraining], model_nam
                  "minute or two).")
     if total > LONG_RUN_S:
         lines.append("That is more than an hour: the training cells will not start unless ALLOW_LONG_RUN = True "
-                     "(settings cell).")
-    lines.append("Faster: " + " | ".join(faster_paths(costs.device, model_name)))
+                     "(02's settings cell).")
+    faster = faster_paths(costs.device, model_name, demo)
+    if faster:
+        lines.append("Faster: " + " | ".join(faster))
     return "\n".join(lines)
 
 
@@ -126,7 +135,7 @@ def check_long_run(costs: StepCosts, plans: list[PlannedTraining], allowed: bool
     if total > LONG_RUN_S and not allowed:
         raise LongRunStopped(
             f"about {_minutes(total)} of training on this {costs.device}. Take a faster path ("
-            + "; ".join(faster_paths(costs.device, costs.model_name)) + "), or set ALLOW_LONG_RUN = True in the settings cell "
+            + "; ".join(faster_paths(costs.device, costs.model_name)) + "), or set ALLOW_LONG_RUN = True in 02's settings cell "
             "(or BITFIT_ALLOW_LONG_RUN=1) and run again.")
 
 

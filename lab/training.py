@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from lab.heads import set_pooling
 from lab.models import get_device, load_model
@@ -109,7 +110,8 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
             (``lab.selection``); None trains every epoch.
         bf16: train and evaluate under bf16 autocast (mixed precision; the weights stay float32).
         task: the task being trained; its metrics are computed (``metrics_for``). MRPC by default.
-        overrides: further ``TrainingArguments`` fields.
+        overrides: further ``TrainingArguments`` fields (``disable_tqdm=False`` brings back the Trainer's progress
+            table; by default one line per epoch is printed instead).
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -131,6 +133,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         seed=seed,
         bf16=bf16,
         report_to="none",
+        disable_tqdm=True,  # no progress table (its "No log" columns): EpochLine prints one line per epoch
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=get_device().type == "cpu",  # lets torchrun/accelerate start CPU processes (gloo)
         ddp_find_unused_parameters=False,  # every trainable tensor is used in the forward pass
@@ -141,9 +144,12 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         callbacks.append(KeepBest(f"eval_{select_by}", patience))
         if args.disable_tqdm:
             callbacks.append(EpochLine(f"eval_{select_by}"))
-    return Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                   processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                   compute_metrics=metrics_for(task), callbacks=callbacks)
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_metrics=metrics_for(task), callbacks=callbacks)
+    if args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)  # it prints every log as a dict: EpochLine says it in one line
+    return trainer
 
 
 class KeepBest(TrainerCallback):

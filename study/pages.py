@@ -247,11 +247,12 @@ P2_RULE_ZH = "舊規則：最多 6 個 epoch，seed 0 也在回報裡"
 
 
 def summary_block(results: Path) -> str:
-    from study.run import machine_hours, plan, read_runs
+    from lab.selection import MAX_EPOCHS
+    from study.run import plan, read_runs, spent_hours
 
     v3 = read_runs(results / "v3")
-    hours = sum(machine_hours(v3).values())
-    out = [f"* **方法比較，協定 3**（訓練到 validation MCC 不再進步，上限 20 個 epoch；seed 0 只挑學習率）：進行中，"
+    hours = sum(spent_hours(results / "v3").values())
+    out = [f"* **方法比較，協定 3**（訓練到 validation MCC 不再進步，上限 {MAX_EPOCHS} 個 epoch；seed 0 只挑學習率）：進行中，"
            f"完成 {len(v3)} / {len(plan(v3))} 個 run（{hours:.1f} 機器小時），表格在 results/README.md 第 0 節。"
            "在它跑完之前，下面是協定 2 的數字。"]
     runs = p2.read_runs(results / "v2")

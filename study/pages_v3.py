@@ -13,7 +13,7 @@ NOT_YET = "（還沒有：這一部分的 run 還在跑。）"
 
 def v3_progress(folder: Path) -> str:
     """How far protocol 3 is: runs done of those planned, machine hours so far, the head chosen."""
-    from study.run import choose_head, machine_hours, plan, read_runs
+    from study.run import choose_head, plan, read_runs, retired_runs, spent_hours
 
     runs = read_runs(folder)
     if not runs:
@@ -21,10 +21,13 @@ def v3_progress(folder: Path) -> str:
     done = {r["name"] for r in runs}
     planned = plan(runs)
     left = [s for s in planned if s["name"] not in done]
-    hours = "、".join(f"{d} {h:.1f} 機器小時" for d, h in sorted(machine_hours(runs).items()))
+    hours = "、".join(f"{d} {h:.1f} 機器小時" for d, h in sorted(spent_hours(folder).items()))
     head = choose_head(runs)
+    cut = sorted(r["name"] for r in retired_runs(folder))
+    redo = (f"上限從 20 提高到 {MAX_EPOCHS} 之後，被舊上限截斷的 run 重跑（{'、'.join(cut)}；舊的留在 `runs/retired/`，"
+            "時間算在內）；在舊上限前就停下的 run 不受上限影響，照舊算。") if cut else ""
     return (f"**進行中**：完成 {len(runs)} 個 run，計畫中還有 {len(left)} 個（`python -m study.run --plan` 列出每一個與估計時間）；"
-            f"目前用了 {hours}。分類頭：{head or '還沒決定'}。")
+            f"目前用了 {hours}。分類頭：{head or '還沒決定'}。" + redo)
 
 
 def _kept_at_cap(folder: Path) -> str:

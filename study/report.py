@@ -28,8 +28,8 @@ from lab.selection import PATIENCE, SELECT_BY
 from lab.tasks import get_task
 from lab.registry import HEADLINE, METHODS
 from study.p2_report import markdown
-from study.run import (MAX_EPOCHS, OFFLINE_MODEL, RESULTS, TASK_METHODS, choose_head, choose_lrs, kept, machine_hours, read_runs,
-                       task_of)
+from study.run import (MAX_EPOCHS, OFFLINE_MODEL, RESULTS, TASK_METHODS, choose_head, choose_lrs, kept, read_runs,
+                       spent_hours, task_of)
 
 TTA_METHODS = ("bitfit", "full")
 
@@ -246,7 +246,7 @@ def report(folder: Path = RESULTS) -> None:
         written.append("recipe.json")
     else:  # no rate chosen (yet, or any more): 02 must not train with an old choice
         (folder / "recipe.json").unlink(missing_ok=True)
-    hours = ", ".join(f"{h:.1f} h of {d}" for d, h in sorted(machine_hours(every).items()))
+    hours = ", ".join(f"{h:.1f} h of {d}" for d, h in sorted(spent_hours(folder).items()))
     print(f"head: {head}; chosen rates: {chosen}; wrote {', '.join(written)} in {folder}; machine time: {hours}")
 
 

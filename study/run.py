@@ -230,8 +230,42 @@ def run_one(spec: dict, quick: bool, jobs: int = 1, out: Path | None = None) -> 
 # ----- the plan and the runner -----------------------------------------------------------
 
 
+def cut_by_cap(run: dict) -> bool:
+    """True for a run that an older, lower cap stopped before the stopping rule could: it is run again.
+
+    A run that the rule stopped (``PATIENCE`` epochs after its kept one) is unchanged by a higher cap:
+    its warm-up, learning rates and data order up to that epoch do not depend on the cap
+    (tests/test_training.py checks it), so it stands.
+    """
+    if run.get("quick") or run["part"] == "cost" or run["max_epochs"] >= MAX_EPOCHS:
+        return False
+    return run["last_epoch"] >= run["max_epochs"] and run["last_epoch"] - run["kept_epoch"] < PATIENCE
+
+
 def read_runs(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
+    """The finished runs that count: every ``runs/*.json`` except those an older cap cut short (``cut_by_cap``)."""
+    runs = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
+    return [r for r in runs if not cut_by_cap(r)]
+
+
+def retired_runs(folder: Path) -> list[dict]:
+    """Runs that no longer count but used the machine: cut by an older cap, kept in ``runs/retired/`` once redone."""
+    files = [*sorted((folder / "runs").glob("*.json")), *sorted((folder / "runs" / "retired").glob("*.json"))]
+    runs = [json.loads(p.read_text()) for p in files]
+    return [r for r in runs if cut_by_cap(r)]
+
+
+def retire_cut_runs(folder: Path) -> None:
+    """Move every run an older cap cut short into ``runs/retired/`` (kept, with its machine time) before it is redone."""
+    for path in sorted((folder / "runs").glob("*.json")):
+        if cut_by_cap(json.loads(path.read_text())):
+            (folder / "runs" / "retired").mkdir(exist_ok=True)
+            path.replace(folder / "runs" / "retired" / path.name)
+
+
+def spent_hours(folder: Path) -> dict[str, float]:
+    """Machine hours of every run the study has finished, those it re-runs included."""
+    return machine_hours(read_runs(folder) + retired_runs(folder))
 
 
 def epoch_seconds(runs: list[dict]) -> dict[str, float]:
@@ -256,19 +290,20 @@ def show_plan(folder: Path, quick: bool) -> None:
     """Print every run, done or not, and the CPU hours left (measured where runs have finished, else guessed)."""
     runs = read_runs(folder)
     per_epoch, n_epochs = epoch_seconds(runs), epochs_run(runs)
-    done = {r["name"] for r in runs}
+    done, redo = {r["name"] for r in runs}, {r["name"] for r in retired_runs(folder)}
     left_s, rows = 0.0, []
     for spec in plan(runs, quick):
         m = spec["method"]
         epochs = COST_EPOCHS if spec["part"] == "cost" else n_epochs.get(m, EPOCHS_GUESS.get(m, EPOCHS_DEFAULT))
         seconds = per_epoch.get(m, EPOCH_S_GUESS.get(m, EPOCH_S_DEFAULT)) * epochs
-        state = "done" if spec["name"] in done else "to run" if ready(spec) else "waits"
+        state = "done" if spec["name"] in done else ("redo" if spec["name"] in redo else "to run") if ready(spec) \
+            else "waits"
         if state != "done":
             left_s += seconds
         rows.append(f"{state:7} {spec['name']:42} ~{seconds / 60:5.1f} machine-min")
     print("\n".join(rows))
     n_done = sum(r.startswith("done") for r in rows)
-    spent = sum(machine_hours(runs).values())
+    spent = sum(spent_hours(folder).values())
     basis = ", ".join(f"{m} {s:.0f} s x {n_epochs[m]:.1f} epochs" for m, s in sorted(per_epoch.items())) or \
         "nothing measured yet: guesses"
     print(f"\nprotocol {PROTOCOL}: {n_done} of {len(rows)} runs done; spent {spent:.1f} machine-hours, about "
@@ -279,6 +314,7 @@ def show_plan(folder: Path, quick: bool) -> None:
 def run_left(folder: Path, quick: bool, jobs: int, threads: int | None) -> None:
     """Run every ready run that has no file yet; repeat as stages complete. Cost runs go last, one at a time."""
     def pending() -> list[dict]:
+        retire_cut_runs(Path(folder))
         done = {p.stem for p in (Path(folder) / "runs").glob("*.json")}
         return [s for s in plan(read_runs(folder), quick) if ready(s) and s["name"] not in done]
 

@@ -35,6 +35,17 @@ def test_bert_base_counts_match_paper_arithmetic(bert_base):
     assert table.loc["total", "parameters"] == 109_483_778
 
 
+def test_02s_lora_count_is_what_apply_lora_adds_to_bert_base():
+    """02's PEFT cell gives LoRA's count on BERT-base (r=8 on query and value) as arithmetic: it is apply_lora's."""
+    import json
+    from pathlib import Path
+
+    cell = json.loads((Path(__file__).parent.parent / "02-Train.ipynb").read_text())["cells"][2]
+    assert "12 層 × 2 × 2·8·768 = 294,912 個" in "".join(cell["source"]) and 12 * 2 * 2 * 8 * 768 == 294_912
+    model = apply_lora(BertForSequenceClassification(BertConfig(num_labels=2)))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 294_912
+
+
 def test_bert_base_paper_subset(bert_base):
     report = bu.apply_bitfit(bert_base, ["query", "intermediate"])
     assert report.trainable == 47_618

@@ -183,3 +183,22 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
     assert {r["seed"] for r in runs if r["part"] == "seeds"} == {1}
     rp.report(out)
     assert (out / "methods.md").is_file() and (out / "tasks.md").is_file() and (out / "recipe.json").is_file()
+
+
+def test_a_run_an_older_cap_cut_short_is_redone_and_its_time_still_counts(tmp_path):
+    climbing = [(0.1 * i, 0.7, 0.7) for i in range(1, 21)]  # still improving at epoch 20
+    cut = _run("seeds", "bitfit", "cls", 3e-4, 1, climbing, max_epochs=20)
+    near = _run("grid", "beft", "cls", 3e-4, 0, climbing[:18] + [(0.1, 0.7, 0.7)] * 2, max_epochs=20)  # 2 < PATIENCE
+    stopped = _run("seeds", "bitfit", "cls", 3e-4, 2, climbing[:12] + [(0.1, 0.7, 0.7)] * 3, max_epochs=20)
+    cost = _run("cost", "bitfit", "cls", 3e-4, 1, climbing[:2], max_epochs=2)
+    assert [sr.cut_by_cap(r) for r in (cut, near, stopped, cost)] == [True, True, False, False]
+    assert not sr.cut_by_cap({**cut, "max_epochs": sr.MAX_EPOCHS, "last_epoch": sr.MAX_EPOCHS})  # the cap in force
+    (tmp_path / "runs").mkdir()
+    for r in (cut, near, stopped, cost):
+        (tmp_path / "runs" / f"{r['name']}.json").write_text(json.dumps(r))
+    assert [r["name"] for r in sr.read_runs(tmp_path)] == sorted([stopped["name"], cost["name"]])
+    sr.retire_cut_runs(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "runs" / "retired").iterdir()) == sorted(
+        [f"{cut['name']}.json", f"{near['name']}.json"])
+    assert sum(sr.spent_hours(tmp_path).values()) == pytest.approx(60.0 * (20 + 20 + 15 + 2) / 2 / 3600)
+    assert {r["name"] for r in sr.retired_runs(tmp_path)} == {cut["name"], near["name"]}

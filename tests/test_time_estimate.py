@@ -1,5 +1,7 @@
 """The time estimate printed before a training: arithmetic, the hint, the callback (fake clock)."""
 
+import dataclasses
+
 import pytest
 
 import bitfit_utils as bu
@@ -12,16 +14,20 @@ from lab.training import make_trainer
 
 def test_make_trainer_prints_one_line_per_epoch_without_a_progress_table(model, tokenizer, tmp_path, capsys):
     import datasets
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.utils.notebook import NotebookProgressCallback
 
     pairs = datasets.Dataset.from_dict({"sentence1": ["the cat"] * 16, "sentence2": ["a cat"] * 16,
                                         "label": [0, 1] * 8, "idx": list(range(16))})
     encoded = tokenize_pairs(pairs, tokenizer)
     bu.apply_bitfit(model)
     trainer = make_trainer(model, tokenizer, encoded, encoded, tmp_path, learning_rate=1e-3, epochs=2,
-                           batch_size=4, select_by="mcc", disable_tqdm=True)
+                           batch_size=4, select_by="mcc")  # the defaults: what a student's own call gets
+    assert not {type(c) for c in trainer.callback_handler.callbacks} & {PrinterCallback, NotebookProgressCallback}
     trainer.train()
     out = capsys.readouterr().out
     assert "epoch 1 of at most 2: mcc" in out and "epoch 2 of at most 2: mcc" in out
+    assert "{'" not in out  # no log printed as a dict
     assert "Time estimate" not in out  # one forecast: the notebook's section 0
 
 
@@ -29,6 +35,12 @@ def test_the_faster_paths_name_the_offline_model_only_when_another_is_in_use():
     assert any(OFFLINE_MODEL in p for p in faster_paths("cpu", "bert-base-uncased"))
     assert not any(OFFLINE_MODEL in p for p in faster_paths("cpu", OFFLINE_MODEL))
     assert any("GPU" in p for p in faster_paths("cpu")) and not any("GPU" in p for p in faster_paths("cuda"))
+
+
+def test_the_demo_is_offered_only_on_a_cpu_and_only_when_it_is_off():
+    assert any("BITFIT_DEMO" in p for p in faster_paths("cpu", OFFLINE_MODEL))
+    assert faster_paths("cpu", OFFLINE_MODEL, demo=True) == ["a GPU, e.g. Colab: Runtime > Change runtime type > GPU"]
+    assert faster_paths("cuda", OFFLINE_MODEL) == []  # on a GPU the demo changes nothing
 
 
 # -- the estimate of a whole notebook, printed before it trains --------------------------------
@@ -64,6 +76,10 @@ def test_the_text_lists_each_training_the_total_and_the_switches():
     assert "ALLOW_LONG_RUN" not in text  # short: no warning
     long_text = time_estimate_text(costs(bitfit=20.0), plans, "bert-base-uncased")
     assert "more than an hour" in long_text and "ALLOW_LONG_RUN = True" in long_text
+    in_demo = time_estimate_text(costs(), plans, OFFLINE_MODEL, demo=True)  # the demo on a CPU: only a GPU is left
+    assert "BITFIT_DEMO" not in in_demo and "Faster: a GPU" in in_demo
+    on_gpu = dataclasses.replace(costs(), device="cuda")  # nothing faster to offer with the offline model
+    assert "Faster" not in time_estimate_text(on_gpu, plans, OFFLINE_MODEL)
 
 
 def test_a_run_of_more_than_an_hour_stops_unless_allowed():
@@ -122,6 +138,8 @@ def test_exercise_3_text_times_one_bitfit_epoch_and_names_what_it_is_compared_wi
     # one epoch: 10 steps x 0.5 s + 100 scored pairs x 0.01 s = 6 s = 0.1 min
     assert text == "Exercise 3 is compared with section 3; it trains one epoch: about 0.1 min with m on this cpu."
     assert "compared with packs/p.safetensors;" in exercise_3_text(c, run, splits, "m", Path("packs/p.safetensors"))
+    after_restart = costs(bitfit=0.5)  # rebuild_for_02 times BitFit only
+    assert exercise_3_text(after_restart, run, splits, "m", object()) == text
 
 
 @pytest.mark.parametrize("bf16", [True, False])

@@ -183,3 +183,23 @@ def test_bf16_trains_under_autocast_and_keeps_the_weights_float32(tokenizer, tmp
     assert trainer.args.bf16 is bf16 and seen
     assert set(seen) == {torch.bfloat16 if bf16 else torch.float32}
     assert all(p.dtype == torch.float32 for p in model.parameters()) and not torch.equal(query.bias, before)
+
+
+
+def test_a_higher_epoch_cap_leaves_the_epochs_before_it_unchanged(tokenizer, tmp_path):
+    """The study raises its cap and keeps the runs the rule stopped: their epochs must not depend on the cap."""
+    eval_sets = {"validation": pairs(12, seed=1), "dev": pairs(12, seed=2)}
+    logs = []
+    for epochs in (2, 4):
+        model = tiny_bert()
+        bu.apply_bitfit(model)
+        trainer = make_trainer(model, tokenizer, pairs(24, seed=0), eval_sets, tmp_path / str(epochs),
+                               learning_rate=5e-2, epochs=epochs, batch_size=4, select_by=None)  # half-epoch warm-up
+        capture = CaptureEpochs("eval_validation_loss")
+        trainer.add_callback(capture)
+        trainer.train()
+        logs.append(capture.epochs)
+    short, long = logs
+    assert [e for e, _, _ in long] == [1.0, 2.0, 3.0, 4.0]
+    for (e, loss, tensors), (e2, loss2, tensors2) in zip(short, long[:2]):
+        assert e == e2 and loss == loss2 and all(torch.equal(tensors[n], tensors2[n]) for n in tensors)
