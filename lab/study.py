@@ -298,7 +298,7 @@ def this_run_sentences(table, majority_accuracy: float, dev_pairs: int, recipe: 
 
 def show_among_seeds(table, recipe: dict | None, majority: float, dev_pairs: int, title: str):
     """02's section 6: the sentences placing this run, then the study's reported seeds of Frozen, BitFit and Full FT
-    (``plot_seeds``: whichever of them this run trained) with this run marked."""
+    (``plot_seeds``: all three, whichever of them this run trained) with this run marked."""
     from lab.analysis import plot_seeds
 
     print("\n".join(f"* {s}" for s in this_run_sentences(table, 100 * majority, dev_pairs, recipe)))
