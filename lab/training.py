@@ -12,13 +12,14 @@ import math
 import os
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import ExportableState, PrinterCallback
 
 from lab.heads import set_pooling
 from lab.models import get_device, load_model
@@ -84,7 +85,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
                  learning_rate: float, epochs: float, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = DEFAULT_SEED,
                  warmup: float | None = None, schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
                  select_by: str | None = SELECT_BY, patience: int | None = None, group_by_length: bool = True,
-                 bf16: bool = False, task: str | TaskSpec = "mrpc", **overrides: Any):
+                 bf16: bool = False, task: str | TaskSpec = "mrpc", checkpoints: bool = False, **overrides: Any):
     """A ``transformers.Trainer`` set up the lab's way.
 
     Evaluates every epoch (accuracy, F1, MCC), warms the learning rate up (from 0 to
@@ -98,7 +99,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         train_dataset: tokenized examples (``tokenize_task``; ``tokenize_pairs`` for MRPC).
         eval_dataset: one tokenized set, or a dict such as ``{"validation": ..., "dev": ...}``
             (metrics are then named ``eval_validation_mcc``, ``eval_dev_accuracy``, ...).
-        output_dir: Trainer's working folder (no checkpoints are written there).
+        output_dir: Trainer's working folder (no checkpoints are written there unless ``checkpoints``).
         learning_rate, epochs, batch_size, seed, weight_decay: the usual.
         warmup: steps with a rising learning rate (a share of all steps if below 1); None: half an
             epoch, the study's warm-up, whatever the number of epochs.
@@ -110,6 +111,9 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
             (``lab.selection``); None trains every epoch.
         bf16: train and evaluate under bf16 autocast (mixed precision; the weights stay float32).
         task: the task being trained; its metrics are computed (``metrics_for``). MRPC by default.
+        checkpoints: save a checkpoint in ``output_dir`` after every epoch but the last (the two newest
+            are kept), so that a run stopped midway goes on from it (``resume_point``) and ends as an
+            unbroken run would (tests/test_training.py checks it, tensor for tensor).
         overrides: further ``TrainingArguments`` fields (``disable_tqdm=False`` brings back the Trainer's progress
             table; by default one line per epoch is printed instead).
     """
@@ -128,7 +132,9 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         weight_decay=weight_decay,
         eval_strategy="epoch",
         logging_strategy="epoch",
-        save_strategy="no",
+        save_strategy="epoch" if checkpoints else "no",
+        save_total_limit=2,
+        restore_callback_states_from_checkpoint=True,  # KeepBest's log and kept epoch, the seconds so far
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         seed=seed,
         bf16=bf16,
@@ -138,6 +144,9 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
         use_cpu=get_device().type == "cpu",  # lets torchrun/accelerate start CPU processes (gloo)
         ddp_find_unused_parameters=False,  # every trainable tensor is used in the forward pass
     )
+    if checkpoints and not select_by:
+        raise ValueError("checkpoints=True needs select_by: a checkpoint is complete once KeepBest has written "
+                         "its kept tensors into it")
     args = TrainingArguments(**{**settings, **overrides})
     callbacks = [EpochSeconds()]
     if select_by:
@@ -152,12 +161,16 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, output_dir: str 
     return trainer
 
 
-class KeepBest(TrainerCallback):
+class KeepBest(TrainerCallback, ExportableState):
     """Keep a copy of the trainable tensors at the epoch ``lab.selection`` picks; restore it at the end.
 
     The rule: best ``metric``, then best accuracy of the same split, then the earlier epoch. With
     ``patience`` training stops once that many evaluations in a row brought no better epoch.
     ``best_epoch`` and ``best_value`` say what was kept.
+
+    With checkpoints on (``make_trainer(..., checkpoints=True)``) the kept tensors go into every
+    checkpoint as ``kept_tensors.safetensors``, written last: a checkpoint without it is incomplete.
+    The epoch that ends training is not checkpointed (a run stopped after it redoes that epoch).
     """
 
     def __init__(self, metric: str, patience: int | None = None):
@@ -165,6 +178,17 @@ class KeepBest(TrainerCallback):
         self.best_value, self.best_epoch = -math.inf, None
         self.log: list[dict[str, float]] = []
         self._kept: dict[str, torch.Tensor] = {}
+
+    def state(self) -> dict:
+        """What a checkpoint records of this callback (the kept tensors go in their own file)."""
+        return {"args": {"metric": self.metric, "patience": self.patience},
+                "attributes": {"best_value": self.best_value, "best_epoch": self.best_epoch, "log": self.log}}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.best_epoch is not None and not self._kept:  # resumed: the checkpoint's kept tensors
+            from safetensors.torch import load_file
+
+            self._kept = load_file(Path(args.output_dir) / f"checkpoint-{state.global_step}" / KEPT_FILE)
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         metrics = metrics or {}
@@ -179,6 +203,16 @@ class KeepBest(TrainerCallback):
             self._kept = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         if should_stop(self.log, self.patience, self.metric):
             control.should_training_stop = True
+        if control.should_training_stop or state.epoch >= args.num_train_epochs:
+            control.should_save = False  # nothing is left to resume
+
+    def on_save(self, args, state, control, **kwargs):
+        from safetensors.torch import save_file
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        partial = folder / (KEPT_FILE + ".partial")
+        save_file({n: t.contiguous() for n, t in self._kept.items()}, partial)
+        partial.replace(folder / KEPT_FILE)  # atomic: the checkpoint is complete from here on
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self._kept:
@@ -190,11 +224,29 @@ class KeepBest(TrainerCallback):
                                       f"kept_{self.metric}": self.best_value})
 
 
-class EpochSeconds(TrainerCallback):
+#: The file a checkpoint of ``make_trainer(..., checkpoints=True)`` holds the kept tensors in, written last.
+KEPT_FILE = "kept_tensors.safetensors"
+
+
+def resume_point(folder: str | os.PathLike) -> str | None:
+    """The newest complete checkpoint of ``make_trainer(..., checkpoints=True)`` in ``folder``, or None.
+
+    Pass it to ``trainer.train(resume_from_checkpoint=...)`` on a trainer made the same way: the run goes
+    on from the epoch after it, with its optimizer, schedule, random state and kept epoch.
+    """
+    folder = Path(folder)
+    done = [p for p in folder.glob("checkpoint-*") if (p / KEPT_FILE).is_file()] if folder.is_dir() else []
+    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+class EpochSeconds(TrainerCallback, ExportableState):
     """Log the training seconds up to the end of every epoch (evaluations excluded) as ``train_seconds``."""
 
     def __init__(self):
         self.total, self._start = 0.0, None
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"total": self.total}}
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
@@ -203,11 +255,15 @@ class EpochSeconds(TrainerCallback):
         self.total += time.perf_counter() - self._start
         state.log_history.append({"epoch": round(state.epoch, 2), "train_seconds": self.total})
 
-class EpochLine(TrainerCallback):
+
+class EpochLine(TrainerCallback, ExportableState):
     """Print one line per evaluated epoch (the Trainer's progress table is off): the selecting score and the best so far."""
 
     def __init__(self, metric: str):
         self.metric, self.best = metric, None
+
+    def state(self) -> dict:
+        return {"args": {"metric": self.metric}, "attributes": {"best": self.best}}
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not metrics or self.metric not in metrics:

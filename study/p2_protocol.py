@@ -81,10 +81,19 @@ def epoch_seconds(runs: list[dict]) -> dict[str, float]:
     return {m: sum(v) / len(v) for m, v in seconds.items()}
 
 
+def machine_seconds(run: dict) -> float:
+    """The machine a run took: its wall time divided by the runs it shared the device with, per piece.
+
+    A protocol-3 run stopped midway and resumed (``study.run``) lists its ``pieces``, each with its own
+    wall time and neighbours; other runs are one piece.
+    """
+    return sum(p["wall_seconds"] / p["concurrent_runs"] for p in run.get("pieces") or [run])
+
+
 def machine_hours(runs: list[dict]) -> dict[str, float]:
-    """Hours of each device the finished runs took: a run's wall time divided by the runs it shared the device with."""
+    """Hours of each device the finished runs took (``machine_seconds``)."""
     hours: dict[str, float] = {}
     for r in runs:
         if not r.get("quick"):
-            hours[r["device"]] = hours.get(r["device"], 0.0) + r["wall_seconds"] / r["concurrent_runs"] / 3600
+            hours[r["device"]] = hours.get(r["device"], 0.0) + machine_seconds(r) / 3600
     return hours

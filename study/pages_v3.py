@@ -43,7 +43,9 @@ def v3_block(results: Path) -> str:
     folder = results / "v3"
     out = [f"規則：每個方法訓練到 validation MCC 連續 {PATIENCE} 個 epoch 沒有進步為止（還停在多數類、MCC 0 時不計），"
            f"上限 {MAX_EPOCHS} 個 epoch；學習率網格只用 seed 0 挑，回報 seed 1 起（BitFit、Full FT、LoRA 5 個，其他 3 個）；"
-           "分類頭在網格前用 BitFit 三個 seed 的 validation MCC 決定；全部 float32。", "", v3_progress(folder), ""]
+           "分類頭在網格前用 BitFit 三個 seed 的 validation MCC 決定；全部 float32。"
+           "每個 run 每個 epoch 存一次檢查點（`results/v3/partial/`，不進 git），中斷的 run 下次從最後存下的 epoch 接著跑，"
+           "結果與沒中斷的 run 每個張量都相同（`tests/test_training.py`）；run 檔的 `pieces` 記下它分幾段、在哪個 commit 跑。", "", v3_progress(folder), ""]
     for title, name in (("分類頭的決定（只看 validation MCC）", "head.md"), ("格點（seed 0，只有 validation）", "grid.md"),
                         ("主要方法（seed 1 起；dev 在留下的 epoch）", "methods.md"), ("time-to-accuracy（每個 seed）", "tta.md"),
                         ("其他任務：SST-2、CoLA（MRPC 的頭與學習率，seed 1–3）", "tasks.md"),

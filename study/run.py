@@ -20,8 +20,10 @@ FT on the other tasks of ``TASK_STUDY``, MRPC's head and chosen rates, seeds 1..
 time-to-accuracy). The other tasks reuse MRPC's rates rather than a grid of their own: a grid per
 task would triple their runs, beyond the 4 CPU-hours they are given. BitFit runs also save their
 pack (``<out>/packs/``): one base, a small pack per task, and the bias groups each task moved.
-Each run happens in its own process and writes ``<out>/runs/<run>.json`` whole when it ends
-(a killed run leaves nothing and is redone), so a stopped study goes on where it stopped.
+Each run happens in its own process and writes ``<out>/runs/<run>.json`` whole when it ends, so a
+stopped study goes on where it stopped. A run checkpoints every epoch in ``<out>/partial/<run>/``
+(not kept in git): a run stopped midway goes on from its last epoch and ends as an unbroken run
+would (``lab.training.resume_point``); its run file lists the ``pieces`` it ran in.
 
     python -m study.run --plan                      # every run, done or not, and the CPU hours left
     python -m study.run --jobs 2 --threads 1        # run what is left on a 2-core CPU
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +43,7 @@ from statistics import mean
 
 import torch
 from datasets import DatasetDict
+from transformers import TrainerCallback
 
 import bitfit_utils as bu
 from lab import packs
@@ -48,9 +52,9 @@ from lab.heads import POOLINGS, set_pooling
 from lab.models import OFFLINE_MODEL, load_model
 from lab.selection import MAX_EPOCHS, PATIENCE, SELECT_BY, best_entry
 from lab.tasks import DEFAULT_BATCH_SIZE, get_task
-from lab.training import ALWAYS_METRICS, half_epoch_warmup, history_frame, make_trainer, set_seed
+from lab.training import ALWAYS_METRICS, half_epoch_warmup, history_frame, make_trainer, resume_point, set_seed
 from lab.registry import HEADLINE, METHODS, checkpoint_bytes, setup
-from study.p2_protocol import machine_hours  # the same hours for both protocols
+from study.p2_protocol import machine_hours, machine_seconds  # the same hours for both protocols
 from study.tools import git_commit, peak_rss, run_pending, write_run
 
 PROTOCOL = 3
@@ -192,13 +196,16 @@ def run_one(spec: dict, quick: bool, jobs: int = 1, out: Path | None = None) -> 
     warmup_steps = half_epoch_warmup(len(train), BATCH_SIZE)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = make_trainer(model, tokenizer, train, {"validation": validation, "dev": dev}, scratch,
+        folder = Path(scratch) if out is None or cost else out / "partial" / spec["name"]
+        pieces = start_piece(folder, {**spec, "max_epochs": max_epochs, "warmup_steps": warmup_steps}, jobs)
+        trainer = make_trainer(model, tokenizer, train, {"validation": validation, "dev": dev}, folder,
                                learning_rate=spec["lr"], epochs=max_epochs, batch_size=BATCH_SIZE, seed=spec["seed"],
                                warmup=warmup_steps, select_by=None if cost else SELECT_BY,
-                               patience=None if cost else PATIENCE, task=task, disable_tqdm=True)
+                               patience=None if cost else PATIENCE, task=task, checkpoints=not cost)
+        trainer.add_callback(PieceClock(folder, pieces))
         start = time.perf_counter()
-        trainer.train()
-        wall = time.perf_counter() - start
+        trainer.train(resume_from_checkpoint=resume_point(folder))
+        pieces[-1].update(wall_seconds=time.perf_counter() - start, to_epoch=trainer.state.epoch)
     history = history_frame(trainer)
     metrics = ("loss",) + tuple(dict.fromkeys(get_task(task).metrics + ALWAYS_METRICS))
     log = [{"epoch": float(e), "train_seconds": row["train_seconds"], "train_loss": row.get("train_loss"),
@@ -220,11 +227,46 @@ def run_one(spec: dict, quick: bool, jobs: int = 1, out: Path | None = None) -> 
             "validation_majority": max(sum(labels), len(labels) - sum(labels)) / len(labels),
             "dev_positive_share": sum(dev_labels) / len(dev_labels),
             "trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
-            "checkpoint_bytes": checkpoint_bytes(model, spec["method"]), "wall_seconds": wall,
+            "checkpoint_bytes": checkpoint_bytes(model, spec["method"]),
+            "wall_seconds": sum(p["wall_seconds"] for p in pieces), "pieces": pieces,
             "peak_rss_mib": peak_rss() / 2**20, "threads": torch.get_num_threads(), "concurrent_runs": jobs,
             "loadavg_1min": [load_before[0], os.getloadavg()[0]],
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             **packs.library_versions(), "log": log}
+
+
+def start_piece(folder: Path, settings: dict, jobs: int) -> list[dict]:
+    """The pieces a run has run in so far, this one last; a checkpoint of other settings is discarded.
+
+    ``folder/pieces.json`` lists each earlier piece up to its last checkpoint (what came after it was
+    lost and is redone); ``folder/settings.json`` the run's settings, which a resumed piece must share.
+    """
+    settings_file, pieces_file = folder / "settings.json", folder / "pieces.json"
+    if resume_point(folder) and json.loads(settings_file.read_text()) != settings:
+        print(f"{folder}: its checkpoint was made with other settings; the run starts again", flush=True)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(settings, indent=1))
+    earlier = json.loads(pieces_file.read_text()) if resume_point(folder) and pieces_file.is_file() else []
+    return earlier + [{"commit": git_commit(), "from_epoch": 0.0, "to_epoch": 0.0, "wall_seconds": 0.0,
+                       "threads": torch.get_num_threads(), "concurrent_runs": jobs}]
+
+
+class PieceClock(TrainerCallback):
+    """Record this piece's first epoch and, at every checkpoint, its wall time so far in ``pieces.json``."""
+
+    def __init__(self, folder: Path, pieces: list[dict]):
+        self.folder, self.pieces, self.start = folder, pieces, time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+        self.pieces[-1]["from_epoch"] = float(state.epoch or 0.0)
+
+    def on_save(self, args, state, control, **kwargs):
+        self.pieces[-1].update(wall_seconds=time.perf_counter() - self.start, to_epoch=float(state.epoch))
+        tmp = self.folder / "pieces.json.partial"
+        tmp.write_text(json.dumps(self.pieces, indent=1))
+        tmp.replace(self.folder / "pieces.json")
 
 
 # ----- the plan and the runner -----------------------------------------------------------
@@ -273,7 +315,7 @@ def epoch_seconds(runs: list[dict]) -> dict[str, float]:
     seconds: dict[str, list[float]] = {}
     for r in runs:
         if r["device"] == "cpu" and not r.get("quick") and r["part"] != "cost":
-            seconds.setdefault(r["method"], []).append(r["wall_seconds"] / r["last_epoch"] / r["concurrent_runs"])
+            seconds.setdefault(r["method"], []).append(machine_seconds(r) / r["last_epoch"])
     return {m: mean(v) for m, v in seconds.items()}
 
 
@@ -335,6 +377,7 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         spec = json.loads(args.run)
         write_run(args.out, spec["name"], run_one(spec, args.quick, args.jobs, Path(args.out)))
+        shutil.rmtree(Path(args.out) / "partial" / spec["name"], ignore_errors=True)  # its checkpoints served
         return
     if args.plan:
         show_plan(args.out, args.quick)

@@ -62,11 +62,12 @@ def test_keep_best_stops_the_trainer_and_keeps_the_rule_s_epoch():
     model, keep = torch.nn.Linear(2, 2), KeepBest("eval_validation_mcc", patience=2)
     stops = []
     for epoch, (mcc, acc) in enumerate([(0.2, 0.7), (0.2, 0.8), (0.1, 0.9), (0.15, 0.9)], 1):
-        control = SimpleNamespace(should_training_stop=False)
-        keep.on_evaluate(None, SimpleNamespace(epoch=float(epoch)), control, model=model,
-                         metrics={"eval_validation_mcc": mcc, "eval_validation_accuracy": acc})
-        stops.append(control.should_training_stop)
-    assert keep.best_epoch == 2.0 and stops == [False, False, False, True]
+        control = SimpleNamespace(should_training_stop=False, should_save=True)
+        keep.on_evaluate(SimpleNamespace(num_train_epochs=40), SimpleNamespace(epoch=float(epoch)), control,
+                         model=model, metrics={"eval_validation_mcc": mcc, "eval_validation_accuracy": acc})
+        stops.append((control.should_training_stop, control.should_save))
+    assert keep.best_epoch == 2.0  # the epoch that stops training is not checkpointed: nothing would be left to do
+    assert stops == [(False, True), (False, True), (False, True), (True, False)]
 
 
 def test_the_plan_runs_the_head_check_first_and_never_reports_the_tuning_seed():
@@ -181,6 +182,8 @@ def test_the_quick_study_runs_end_to_end(tmp_path):
         f"{r['name']}.safetensors" for r in runs if r["part"] == "task"}  # one BitFit pack per task run
     assert all(r["protocol"] == 3 and r["precision"] == "float32" for r in runs)
     assert {r["seed"] for r in runs if r["part"] == "seeds"} == {1}
+    assert all(len(r["pieces"]) == 1 and r["pieces"][0]["from_epoch"] == 0.0 for r in runs)  # none was resumed
+    assert not any((out / "partial").iterdir())  # a finished run's checkpoints are gone
     rp.report(out)
     assert (out / "methods.md").is_file() and (out / "tasks.md").is_file() and (out / "recipe.json").is_file()
 
@@ -202,3 +205,26 @@ def test_a_run_an_older_cap_cut_short_is_redone_and_its_time_still_counts(tmp_pa
         [f"{cut['name']}.json", f"{near['name']}.json"])
     assert sum(sr.spent_hours(tmp_path).values()) == pytest.approx(60.0 * (20 + 20 + 15 + 2) / 2 / 3600)
     assert {r["name"] for r in sr.retired_runs(tmp_path)} == {cut["name"], near["name"]}
+
+
+def test_a_resumed_run_keeps_its_earlier_pieces_and_a_changed_setting_starts_it_again(tmp_path):
+    from safetensors.torch import save_file
+
+    from lab.training import KEPT_FILE
+
+    settings = {"name": "seeds-bitfit-cls-lr0.0003-s1", "lr": 3e-4, "max_epochs": sr.MAX_EPOCHS, "warmup_steps": 52}
+    assert [p["from_epoch"] for p in sr.start_piece(tmp_path, settings, 2)] == [0.0]  # nothing to resume: one piece
+    earlier = [{"commit": "abc", "from_epoch": 0.0, "to_epoch": 7.0, "wall_seconds": 1200.0, "threads": 1,
+                "concurrent_runs": 2}]
+    (tmp_path / "pieces.json").write_text(json.dumps(earlier))
+    (tmp_path / "checkpoint-728").mkdir()
+    save_file({}, tmp_path / "checkpoint-728" / KEPT_FILE)
+    pieces = sr.start_piece(tmp_path, settings, 1)
+    assert pieces[:1] == earlier and pieces[1]["concurrent_runs"] == 1 and len(pieces) == 2
+    assert (tmp_path / "checkpoint-728").is_dir()
+    run = {"wall_seconds": 1200.0 + 900.0, "concurrent_runs": 1,
+           "pieces": earlier + [{**pieces[1], "wall_seconds": 900.0}]}
+    assert sr.machine_seconds(run) == pytest.approx(1200.0 / 2 + 900.0)  # each piece with its own neighbours
+    assert sr.machine_seconds({"wall_seconds": 600.0, "concurrent_runs": 2}) == 300.0  # runs without pieces
+    assert len(sr.start_piece(tmp_path, {**settings, "max_epochs": 80}, 1)) == 1  # other settings: start again
+    assert not (tmp_path / "checkpoint-728").exists()

@@ -128,7 +128,8 @@ def test_on_evaluate_ties_keep_the_earlier_epoch_and_other_metrics_are_ignored()
         state.epoch = epoch
         with torch.no_grad():
             model.bias.fill_(bias)
-        keep.on_evaluate(None, state, None, model=model, metrics=metrics)
+        keep.on_evaluate(SimpleNamespace(num_train_epochs=9), state, SimpleNamespace(should_training_stop=False),
+                         model=model, metrics=metrics)
     assert (keep.best_epoch, keep.best_value) == (1.0, 0.5)
     assert list(keep._kept) == ["bias"] and torch.equal(keep._kept["bias"], torch.ones(2))
     weight = model.weight.detach().clone()
@@ -203,3 +204,75 @@ def test_a_higher_epoch_cap_leaves_the_epochs_before_it_unchanged(tokenizer, tmp
     assert [e for e, _, _ in long] == [1.0, 2.0, 3.0, 4.0]
     for (e, loss, tensors), (e2, loss2, tensors2) in zip(short, long[:2]):
         assert e == e2 and loss == loss2 and all(torch.equal(tensors[n], tensors2[n]) for n in tensors)
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+class KillAfterSave(TrainerCallback):
+    """Raise ``Killed`` once the checkpoint of ``epoch`` is complete (this callback runs after KeepBest's on_save)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_save(self, args, state, control, **kwargs):
+        if round(state.epoch) == self.epoch:
+            raise Killed
+
+
+def checkpointed_run(tokenizer, out, setup, kill_after=None, patience=None):
+    """A run with checkpoints on (dropout active, real metrics); resumed from ``out`` if it holds a checkpoint."""
+    from lab.training import resume_point
+
+    model = tiny_bert(hidden_dropout_prob=0.3)
+    setup(model)
+    eval_sets = {"validation": pairs(12, seed=1), "dev": pairs(12, seed=2)}
+    trainer = make_trainer(model, tokenizer, pairs(24, seed=0), eval_sets, out, learning_rate=5e-2, epochs=4,
+                           batch_size=4, patience=patience, checkpoints=True)
+    if kill_after is not None:
+        trainer.add_callback(KillAfterSave(kill_after))
+    trainer.train(resume_from_checkpoint=resume_point(out))
+    return model, trainer
+
+
+@pytest.mark.parametrize("method", ["bitfit", "lora"])
+def test_a_run_stopped_midway_and_resumed_ends_as_an_unbroken_run(tokenizer, tmp_path, method):
+    """The study's long runs outlive a session: resumed from its last checkpoint, a run must equal an unbroken one."""
+    from lab.registry import setup
+    from lab.training import history_frame, resume_point
+
+    def prepare(model):
+        setup(model, method, 0)
+
+    unbroken, t_unbroken = checkpointed_run(tokenizer, tmp_path / "a", prepare)
+    with pytest.raises(Killed):
+        checkpointed_run(tokenizer, tmp_path / "b", prepare, kill_after=2)
+    assert resume_point(tmp_path / "b").endswith("checkpoint-12")  # 24 pairs / 4 = 6 steps an epoch
+    resumed, t_resumed = checkpointed_run(tokenizer, tmp_path / "b", prepare)
+    a, b = history_frame(t_unbroken), history_frame(t_resumed)
+    assert list(a.index) == list(b.index) == [1.0, 2.0, 3.0, 4.0]
+    cols = [c for c in a.columns if c != "train_seconds"]
+    assert a[cols].equals(b[cols])
+    assert kept_epoch(t_unbroken) == kept_epoch(t_resumed)
+    assert b["train_seconds"].is_monotonic_increasing  # the resumed run adds to the seconds it had
+    p, q = dict(unbroken.named_parameters()), dict(resumed.named_parameters())
+    assert all(torch.equal(p[n], q[n]) for n in p)
+
+
+def test_the_epoch_that_ends_a_run_is_not_checkpointed_and_an_incomplete_checkpoint_is_not_resumed(tokenizer, tmp_path):
+    from lab.training import KEPT_FILE, resume_point
+
+    checkpointed_run(tokenizer, tmp_path, bu.apply_bitfit)  # 4 epochs of 4: the last is not saved
+    steps = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*"))
+    assert steps == [12, 18]  # the two newest of epochs 1-3
+    assert resume_point(tmp_path).endswith("checkpoint-18")
+    (tmp_path / "checkpoint-18" / KEPT_FILE).unlink()  # killed while writing it
+    assert resume_point(tmp_path).endswith("checkpoint-12")
+    assert resume_point(tmp_path / "nothing-here") is None
+
+
+def test_checkpoints_need_an_epoch_to_keep(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="select_by"):
+        make_trainer(tiny_bert(), tokenizer, pairs(8, seed=0), pairs(4, seed=1), tmp_path, learning_rate=1e-3,
+                     epochs=1, select_by=None, checkpoints=True)
