@@ -218,9 +218,7 @@ def study_seeds(recipe: dict | None, table=None) -> dict[str, list[float]]:
         if table is not None:
             if name not in table.index:
                 continue
-            row = table.loc[name]
-            if (lr_text(facts["lr"]), recipe["max_epochs"], recipe["patience"], facts["trainable"]) != (
-                    row.lr, int(row.max_epochs), int(row.patience), int(row.trainable)):
+            if _differences(table.loc[name], facts, recipe):
                 continue
         found[name] = [s["dev_accuracy"] for s in facts["seeds"]]
     return found
@@ -231,10 +229,21 @@ def _placed(value: float, seeds: list[float]) -> str:
     return f"{value:.1f}，{where}研究同一設定 {len(seeds)} 個 seed 的範圍（{min(seeds):.1f}–{max(seeds):.1f}）"
 
 
+def _differences(row, facts: dict, recipe: dict) -> dict[str, tuple]:
+    """Where a row of 02's table differs from the study's recipe for its method: ``{field: (this run, study)}``.
+
+    The fields a run must share to be placed among the study's seeds: the rate, the cap, the patience,
+    and the trainable count (the same count means the same model).
+    """
+    pairs = {"lr": (row.lr, lr_text(facts["lr"])), "max_epochs": (int(row.max_epochs), recipe["max_epochs"]),
+             "patience": (int(row.patience), recipe["patience"]), "trainable": (int(row.trainable), facts["trainable"])}
+    return {field: pair for field, pair in pairs.items() if pair[0] != pair[1]}
+
+
 def _unlike_the_study(row, name: str, recipe: dict) -> str:
-    """Why a row of this run is not placed among the study's seeds: another model, or other settings."""
+    """Why a row of this run is not placed among the study's seeds (``_differences``): another model, or other settings."""
     facts = next(f for m, f in recipe["methods"].items() if METHOD_NAMES.get(m, m) == name)
-    if int(row.trainable) != facts["trainable"]:
+    if "trainable" in _differences(row, facts, recipe):
         return f"這次的模型不是研究的 {recipe['model']}（可訓練參數 {int(row.trainable):,} 對 {facts['trainable']:,}）"
     return (f"這次的設定不是研究的（lr {row.lr}、最多 {int(row.max_epochs)} 個 epoch、"
             + (f"patience {int(row.patience)}" if row.patience else "不提早停") + f"；研究是 lr {lr_text(facts['lr'])}、"
