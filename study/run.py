@@ -330,9 +330,9 @@ def epochs_run(runs: list[dict]) -> dict[str, float]:
 
 def show_plan(folder: Path, quick: bool) -> None:
     """Print every run, done or not, and the CPU hours left (measured where runs have finished, else guessed)."""
-    runs = read_runs(folder)
-    per_epoch, n_epochs = epoch_seconds(runs), epochs_run(runs)
-    done, redo = {r["name"] for r in runs}, {r["name"] for r in retired_runs(folder)}
+    runs, retired = read_runs(folder), retired_runs(folder)
+    per_epoch, n_epochs = epoch_seconds(runs + retired), epochs_run(runs)  # a retired run's epochs cost the same
+    done, redo = {r["name"] for r in runs}, {r["name"] for r in retired}
     left_s, rows = 0.0, []
     for spec in plan(runs, quick):
         m = spec["method"]
@@ -346,7 +346,8 @@ def show_plan(folder: Path, quick: bool) -> None:
     print("\n".join(rows))
     n_done = sum(r.startswith("done") for r in rows)
     spent = sum(spent_hours(folder).values())
-    basis = ", ".join(f"{m} {s:.0f} s x {n_epochs[m]:.1f} epochs" for m, s in sorted(per_epoch.items())) or \
+    basis = ", ".join(f"{m} {s:.0f} s x " + (f"{n_epochs[m]:.1f} epochs" if m in n_epochs else "epochs guessed")
+                      for m, s in sorted(per_epoch.items())) or \
         "nothing measured yet: guesses"
     print(f"\nprotocol {PROTOCOL}: {n_done} of {len(rows)} runs done; spent {spent:.1f} machine-hours, about "
           f"{left_s / 3600:.1f} left, {spent + left_s / 3600:.1f} in all (per epoch and epochs per run: {basis}). "

@@ -228,3 +228,13 @@ def test_a_resumed_run_keeps_its_earlier_pieces_and_a_changed_setting_starts_it_
     assert sr.machine_seconds({"wall_seconds": 600.0, "concurrent_runs": 2}) == 300.0  # runs without pieces
     assert len(sr.start_piece(tmp_path, {**settings, "max_epochs": 80}, 1)) == 1  # other settings: start again
     assert not (tmp_path / "checkpoint-728").exists()
+
+
+def test_the_plan_prices_a_method_by_its_retired_runs_until_one_counts(tmp_path, capsys):
+    climbing = [(0.1 * i, 0.7, 0.7) for i in range(1, 21)]
+    cut = _run("grid", "beft_all", "cls", 3e-4, 0, climbing, max_epochs=20)  # 20 epochs in 1200 s, 2 runs at a time
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / f"{cut['name']}.json").write_text(json.dumps(cut))
+    sr.show_plan(tmp_path, quick=False)
+    out = capsys.readouterr().out
+    assert "beft_all 30 s x epochs guessed" in out  # 1200 s / 2 runs sharing the CPU / 20 epochs
