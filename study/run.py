@@ -242,7 +242,7 @@ def start_piece(folder: Path, settings: dict, jobs: int) -> list[dict]:
     lost and is redone); ``folder/settings.json`` the run's settings, which a resumed piece must share.
     """
     settings_file, pieces_file = folder / "settings.json", folder / "pieces.json"
-    if resume_point(folder) and json.loads(settings_file.read_text()) != settings:
+    if resume_point(folder) and not (settings_file.is_file() and json.loads(settings_file.read_text()) == settings):
         print(f"{folder}: its checkpoint was made with other settings; the run starts again", flush=True)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)

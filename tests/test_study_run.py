@@ -228,6 +228,10 @@ def test_a_resumed_run_keeps_its_earlier_pieces_and_a_changed_setting_starts_it_
     assert sr.machine_seconds({"wall_seconds": 600.0, "concurrent_runs": 2}) == 300.0  # runs without pieces
     assert len(sr.start_piece(tmp_path, {**settings, "max_epochs": 80}, 1)) == 1  # other settings: start again
     assert not (tmp_path / "checkpoint-728").exists()
+    (tmp_path / "checkpoint-728").mkdir()
+    save_file({}, tmp_path / "checkpoint-728" / KEPT_FILE)
+    (tmp_path / "settings.json").unlink()
+    assert len(sr.start_piece(tmp_path, settings, 1)) == 1 and not (tmp_path / "checkpoint-728").exists()  # unknown
 
 
 def test_the_plan_prices_a_method_by_its_retired_runs_until_one_counts(tmp_path, capsys):
