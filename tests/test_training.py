@@ -236,7 +236,7 @@ def checkpointed_run(tokenizer, out, setup, kill_after=None, patience=None):
     return model, trainer
 
 
-@pytest.mark.parametrize("method", ["bitfit", "lora"])
+@pytest.mark.parametrize("method", ["bitfit", "lora", "beft_all", "full"])
 def test_a_run_stopped_midway_and_resumed_ends_as_an_unbroken_run(tokenizer, tmp_path, method):
     """The study's long runs outlive a session: resumed from its last checkpoint, a run must equal an unbroken one."""
     from lab.registry import setup
