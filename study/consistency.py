@@ -1,7 +1,8 @@
 """Consistency across tasks: do the same bias groups move most on MRPC, SST-2 and CoLA?
 
-Reads the BitFit packs of a folder (``--pattern``, default ``*bitfit*.safetensors``: the study
-writes ``<run>.safetensors`` per BitFit run, MRPC's without a prefix, ``sst2-...`` and ``cola-...``),
+Reads the BitFit packs of a folder that the study's reported runs wrote (``--pattern``, default
+``seeds-bitfit-*`` and ``*-task-bitfit-*``: MRPC's seeds and the other tasks' seeds; the grid's seed-0
+runs and the head stage are left out, as they are of every reported number),
 measures each against the base it records (``lab.consistency``: the lab's change per layer and bias
 group, a task's packs averaged), and writes into ``--out``:
 
@@ -31,6 +32,8 @@ from lab.consistency import (CLAIMED_GROUPS, changes_by_task, compare_tasks, con
 from lab.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The packs of the study's reported runs (``study.run``'s names): MRPC's seeds, the other tasks' seeds.
+REPORTED = ("seeds-bitfit-*", "*-task-bitfit-*")
 
 
 def pack_head(tensors: dict, base: nn.Module) -> str:
@@ -43,12 +46,15 @@ def main(argv: list[str] | None = None, base_model: nn.Module | None = None) -> 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packs", type=Path, default=ROOT / "results" / "v3" / "packs", help="folder of packs")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "v3", help="where the files go")
-    parser.add_argument("--pattern", default="*bitfit*.safetensors", help="which files of --packs to read")
+    parser.add_argument("--pattern", action="append", default=None,
+                        help=f"which files of --packs to read (repeatable; default {' and '.join(REPORTED)})")
     parser.add_argument("--head", choices=("cls", "mean", "any"), default="any", help="keep packs of this head")
     args = parser.parse_args(argv)
-    paths = sorted(p for p in args.packs.glob("*.safetensors") if fnmatch.fnmatch(p.name, args.pattern))
+    patterns = args.pattern or list(REPORTED)
+    paths = sorted(p for p in args.packs.glob("*.safetensors")
+                   if any(fnmatch.fnmatch(p.stem, x) or fnmatch.fnmatch(p.name, x) for x in patterns))
     if not paths:
-        print(f"No packs matching {args.pattern} in {args.packs}: run the study (python -m study.run) first.")
+        print(f"No packs matching {' or '.join(patterns)} in {args.packs}: run the study (python -m study.run) first.")
         return 1
     bases: dict[str, nn.Module] = {}
     chosen: dict[str, list[Path]] = {}

@@ -147,10 +147,11 @@ def test_script_writes_figure_json_and_markdown(tmp_path, capsys):
 
     model = tiny_bert()
     folder = tmp_path / "packs"
-    for i, (name, task, big) in enumerate([("bitfit-s1", "mrpc", ("query", "intermediate")),
-                                            ("sst2-bitfit-s1", "sst2", ("intermediate", "query")),
-                                            ("cola-bitfit-s1", "cola", ("query", "intermediate")),
-                                            ("cola-full-s1", "cola", ("value", "key"))]):  # not a bitfit name: left out
+    for i, (name, task, big) in enumerate([("seeds-bitfit-cls-lr0.001-s1", "mrpc", ("query", "intermediate")),
+                                            ("grid-bitfit-cls-lr0.001-s0", "mrpc", ("value", "key")),  # seed 0: out
+                                            ("sst2-task-bitfit-cls-lr0.001-s1", "sst2", ("intermediate", "query")),
+                                            ("cola-task-bitfit-cls-lr0.001-s1", "cola", ("query", "intermediate")),
+                                            ("cola-task-full-cls-lr0.001-s1", "cola", ("value", "key"))]):  # not bitfit
         trained = tiny_bert()
         bu.apply_bitfit(trained)
         with torch.no_grad():
@@ -161,7 +162,9 @@ def test_script_writes_figure_json_and_markdown(tmp_path, capsys):
     assert main(["--packs", str(folder), "--out", str(out)], base_model=model) == 0
     facts = json.loads((out / "consistency.json").read_text())
     assert facts["answer"] == "yes" and facts["tasks"] == ["mrpc", "sst2", "cola"]
-    assert facts["packs"]["cola"] == ["cola-bitfit-s1.safetensors"]
+    assert facts["packs"] == {"mrpc": ["seeds-bitfit-cls-lr0.001-s1.safetensors"],
+                              "sst2": ["sst2-task-bitfit-cls-lr0.001-s1.safetensors"],
+                              "cola": ["cola-task-bitfit-cls-lr0.001-s1.safetensors"]}
     assert (out / "consistency.png").stat().st_size > 1000
     md = (out / "consistency.md").read_text()
     assert facts["sentence"] in md and "Yes: on every task (MRPC, SST-2, CoLA)" in capsys.readouterr().out
