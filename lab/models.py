@@ -34,7 +34,10 @@ def offline_model_path() -> Path:
 
 
 def _label_kwargs(num_labels: int, task: str | TaskSpec | None) -> dict:
-    """The config's ``num_labels``, ``id2label`` and ``label2id`` for ``task`` (MRPC's names for 2 labels without one)."""
+    """The config's ``num_labels``, ``id2label`` and ``label2id`` for ``task``.
+
+    Without a task the lab's task, MRPC, is assumed: MRPC's names for 2 labels, ``LABEL_i`` for another count.
+    """
     if task is not None:
         spec = get_task(task)
         if num_labels not in (2, spec.num_labels):  # 2 is the default, not a choice
@@ -64,7 +67,10 @@ def load_model(model_name: str | None = None, num_labels: int = 2, verbose: bool
 
     Args:
         model_name: the model; None: ``$BITFIT_MODEL`` or the default.
-        num_labels: classes of a model without ``task`` (2 get MRPC's label names).
+        num_labels: classes of a model without ``task``. Without ``task`` the lab's task, MRPC, is
+            assumed: 2 labels get MRPC's names, any other count ``LABEL_i``. A model for another task
+            must be loaded with ``task=`` (``lab.packs.save_bias_checkpoint`` refuses a pack for a known
+            task whose labels are not that task's).
         verbose: print what was loaded.
         task: a name in ``lab.tasks.TASKS`` or a ``TaskSpec``: the head gets that task's label
             names and count, and the config's ``finetuning_task`` names it (``predict`` reads it).

@@ -56,7 +56,10 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, *, task: str
     Args:
         model: a model after ``apply_bitfit`` (or ``setup_method(model, 'frozen')``) and training.
         path: where to write, conventionally ``*.safetensors``.
-        task: what the head was trained for, e.g. ``"mrpc"`` (required).
+        task: what the head was trained for, e.g. ``"mrpc"`` (required). For a task of
+            ``lab.tasks.TASKS`` the labels must be that task's label names, in its order
+            (``load_model(..., task=...)`` gives the head them); a config that names no labels
+            (transformers' ``LABEL_0``, ``LABEL_1``, ...) passes with the task's number of outputs.
         label_names: the head's labels in output order; default: ``model.config.id2label``
             (for the lab's MRPC models ``["not_equivalent", "equivalent"]``). Given explicitly,
             they must agree with the model's config where it names its labels.
@@ -65,8 +68,8 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, *, task: str
         **metadata: extra JSON-serialisable facts to store (metrics, settings, ...).
 
     Raises:
-        ValueError: no task, labels that do not fit the head, a model not set up for BitFit,
-            or a metadata value that is not JSON (nothing is written then).
+        ValueError: no task, labels that do not fit the head or are not the known task's, a model
+            not set up for BitFit, or a metadata value that is not JSON (nothing is written then).
     """
     for key, value in {**metadata, "bias_groups": bias_groups}.items():
         try:
@@ -80,6 +83,7 @@ def save_bias_checkpoint(model: nn.Module, path: str | os.PathLike, *, task: str
         raise ValueError("A pack must say which task its head was trained for: "
                          "save_bias_checkpoint(model, path, task='mrpc', ...).")
     labels = _pack_labels(model, label_names)
+    _check_task_labels(task, labels)
     groups = parameter_groups(model)
     names = [n for n, g in groups.items() if g != "frozen"]
     params = dict(model.named_parameters())
@@ -291,6 +295,36 @@ def _pack_labels(model: nn.Module, label_names: Sequence[str] | None) -> list[st
         raise ValueError(f"label_names {labels} differ from the model's config.id2label {own}. Set "
                          "model.config.id2label (and label2id) to the task's labels before training, then save.")
     return labels
+
+
+def _placeholder_labels(labels: Sequence[str]) -> bool:
+    """Whether ``labels`` are transformers' names for a head whose config names none: ``LABEL_0``, ``LABEL_1``, ..."""
+    return list(labels) == [f"LABEL_{i}" for i in range(len(labels))]
+
+
+def _check_task_labels(task: str, labels: Sequence[str]) -> None:
+    """Refuse a pack for a task of ``lab.tasks.TASKS`` whose labels are not that task's label names.
+
+    Another task name (a benchmark's, a test's) is not checked; placeholder names (:func:`_placeholder_labels`)
+    pass when the head has the task's number of outputs.
+
+    Raises:
+        ValueError: saying what the labels are, what the task's are, and how to load the model for the task.
+    """
+    from lab.tasks import get_task
+
+    try:
+        spec = get_task(task)
+    except ValueError:  # not a task the lab knows: nothing to check against
+        return
+    expected = list(spec.label_names)
+    if list(labels) == expected or (_placeholder_labels(labels) and len(labels) == len(expected)):
+        return
+    raise ValueError(
+        f"A pack for task '{task}' must have {spec.title}'s labels {expected}, in this order; this model's head has "
+        f"{list(labels)}. Load the model for the task, lab.models.load_model(..., task='{spec.name}'), before "
+        f"training (a model loaded without task= gets MRPC's names for 2 labels), or save the pack for the task "
+        f"its head was trained for.")
 
 
 def _check_labels(model: nn.Module, meta: dict[str, Any], path: str | os.PathLike) -> None:

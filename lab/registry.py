@@ -162,9 +162,17 @@ def setup(model: nn.Module, method: str, seed: int) -> tuple[nn.Module, int]:
     return model, bu.count_parameters(model)[0]
 
 
-def checkpoint_bytes(model: nn.Module, method: str) -> int:
-    """Bytes on disk of what a trained run must keep (``Method.checkpoint``)."""
+def checkpoint_bytes(model: nn.Module, method: str, task: str | None = None) -> int:
+    """Bytes on disk of what a trained run must keep (``Method.checkpoint``).
+
+    Args:
+        model: the trained model (after ``setup``).
+        method: its method in ``METHODS``.
+        task: the run's task, recorded in a bias pack; None: the task the model was loaded for
+            (``load_model(..., task=)`` sets ``config.finetuning_task``), else MRPC, as ``predict`` assumes.
+    """
     from lab.analysis import full_model_size_mb
+    from lab.models import predict_task
 
     kind = METHODS[method].checkpoint
     with tempfile.TemporaryDirectory() as folder:
@@ -173,4 +181,5 @@ def checkpoint_bytes(model: nn.Module, method: str) -> int:
             return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
         if kind == "full":
             return int(full_model_size_mb(model) * 1e6)  # a random mask touches whole tensors
-        return packs.save_bias_checkpoint(model, Path(folder) / "p.safetensors", task="mrpc").stat().st_size
+        pack = packs.save_bias_checkpoint(model, Path(folder) / "p.safetensors", task=task or predict_task(model).name)
+        return pack.stat().st_size

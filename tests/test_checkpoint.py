@@ -209,9 +209,52 @@ def test_saving_requires_a_task_and_labels_that_fit_the_head(tmp_path):
     model.config.id2label = {}
     with pytest.raises(ValueError, match="pass label_names"):
         packs.save_bias_checkpoint(model, tmp_path / "p.safetensors", task="mrpc")
-    path = packs.save_bias_checkpoint(model, tmp_path / "p.safetensors", task="mrpc", label_names=["no", "yes"])
-    assert packs.read_bias_checkpoint(path)[1]["label_names"] == ["no", "yes"]
-    assert list(tmp_path.iterdir()) == [path]
+    with pytest.raises(ValueError, match="must have MRPC's labels"):  # labels given, but not MRPC's
+        packs.save_bias_checkpoint(model, tmp_path / "p.safetensors", task="mrpc", label_names=["no", "yes"])
+    path = packs.save_bias_checkpoint(model, tmp_path / "p.safetensors", task="mrpc",
+                                      label_names=["not_equivalent", "equivalent"])
+    assert packs.read_bias_checkpoint(path)[1]["label_names"] == ["not_equivalent", "equivalent"]
+    assert packs.save_bias_checkpoint(model, tmp_path / "t.safetensors", task="toy", label_names=["no", "yes"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.safetensors", "t.safetensors"]  # any names for "toy"
+
+
+def _labelled(model, names, task=None):
+    model.config.id2label, model.config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+    model.config.finetuning_task = task
+    return model
+
+
+def test_a_pack_for_a_known_task_must_have_that_task_s_labels(tmp_path):
+    """A model loaded without task= has MRPC's names: it cannot be saved as an SST-2 pack."""
+    mrpc_named = _labelled(_tune(tiny_bert()), ["not_equivalent", "equivalent"])
+    with pytest.raises(ValueError, match=r"task 'sst2' must have SST-2's labels \['negative', 'positive'\].*"
+                                         r"\['not_equivalent', 'equivalent'\].*load_model\(\.\.\., task='sst2'\)"):
+        packs.save_bias_checkpoint(mrpc_named, tmp_path / "p.safetensors", task="sst2")
+    with pytest.raises(ValueError, match="CoLA's labels"):  # the task's name as people write it
+        packs.save_bias_checkpoint(mrpc_named, tmp_path / "p.safetensors", task="CoLA")
+    swapped = _labelled(_tune(tiny_bert()), ["positive", "negative"])
+    with pytest.raises(ValueError, match="in this order"):
+        packs.save_bias_checkpoint(swapped, tmp_path / "p.safetensors", task="sst2")
+    with pytest.raises(ValueError, match="MRPC's labels"):  # placeholder names, but 3 outputs for a 2-label task
+        packs.save_bias_checkpoint(_tune(tiny_bert(num_labels=3)), tmp_path / "p.safetensors", task="mrpc")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    sst2_named = _labelled(_tune(tiny_bert()), ["negative", "positive"])
+    sst2 = packs.save_bias_checkpoint(sst2_named, tmp_path / "s.safetensors", task="sst2")
+    unnamed = packs.save_bias_checkpoint(_tune(tiny_bert()), tmp_path / "u.safetensors", task="sst2")  # LABEL_0, 1
+    assert packs.read_bias_checkpoint(sst2)[1]["label_names"] == ["negative", "positive"]
+    assert packs.read_bias_checkpoint(unnamed)[1]["label_names"] == ["LABEL_0", "LABEL_1"]
+
+
+def test_checkpoint_bytes_saves_the_pack_for_the_run_s_task():
+    """study.run measures a BitFit run's pack for the task the model was loaded for, not always MRPC."""
+    from lab.registry import checkpoint_bytes, setup
+
+    model, _ = setup(_labelled(tiny_bert(), ["negative", "positive"], task="sst2"), "bitfit", seed=0)
+    assert checkpoint_bytes(model, "bitfit") > 0 and checkpoint_bytes(model, "bitfit", task="sst2") > 0
+    with pytest.raises(ValueError, match="must have MRPC's labels"):
+        checkpoint_bytes(model, "bitfit", task="mrpc")
+    mrpc, _ = setup(_labelled(tiny_bert(), ["not_equivalent", "equivalent"]), "frozen", seed=0)  # no task: MRPC
+    assert checkpoint_bytes(mrpc, "frozen") > 0
 
 
 def test_a_head_of_another_size_is_refused_with_the_packs_task(pack):
