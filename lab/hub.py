@@ -1,6 +1,6 @@
 """The Hugging Face Hub: is it there, and what to do when it is not.
 
-    python -m lab.hub    # while online: cache bert-base-uncased and GLUE MRPC for offline use later
+    python -m lab.hub    # while online: cache bert-base-uncased and GLUE MRPC, SST-2, CoLA for offline use later
 
 Students work online (the Hub serves ``bert-base-uncased`` and ``nyu-mll/glue``), in
 classrooms with flaky Wi-Fi, or offline. ``hub_available`` asks the Hub once per process,
@@ -70,8 +70,6 @@ def hub_available(timeout: float = 3.0) -> bool:
 
 
 @contextmanager
-
-
 def quiet_hf() -> Iterator[None]:
     """Silence transformers/datasets logging and progress bars inside the block."""
     import datasets
@@ -91,28 +89,51 @@ def quiet_hf() -> Iterator[None]:
             transformers.utils.logging.enable_progress_bar()
 
 
-def prefetch(model_name: str = DEFAULT_MODEL) -> None:
-    """Download ``model_name`` and GLUE MRPC into the Hugging Face cache (needs the Hub once)."""
+def prefetch_tasks() -> tuple[str, ...]:
+    """The tasks whose data :func:`prefetch` caches: MRPC (01, 02) and those 03 serves beside it."""
+    from lab.tasks import SERVED_TASKS
+
+    return ("mrpc", *(t for t in SERVED_TASKS if t != "mrpc"))
+
+
+def prefetch(model_name: str = DEFAULT_MODEL, tasks: tuple[str, ...] | None = None) -> list[str]:
+    """Download ``model_name`` and the tasks' datasets into the Hugging Face cache (needs the Hub once).
+
+    Each dataset is loaded as ``lab.data`` loads it from the Hub: the task spec's ``hub_id`` and
+    ``hub_config`` (``lab.tasks``).
+
+    Args:
+        model_name: the model to cache.
+        tasks: names in ``lab.tasks.TASKS``; None: :func:`prefetch_tasks` (MRPC, SST-2, CoLA).
+
+    Returns:
+        The titles of the tasks cached, e.g. ``["MRPC", "SST-2", "CoLA"]``.
+    """
+    from lab.tasks import get_task
+
+    specs = [get_task(t) for t in (prefetch_tasks() if tasks is None else tasks)]  # unknown names fail first
     if not hub_available():
         raise RuntimeError(
             "The Hugging Face Hub does not answer, so nothing can be prefetched. Connect to the "
-            "internet and run this again (or use BITFIT_DATA_DIR and the offline model)."
+            "internet and run this again (or use BITFIT_DATA_DIR / BITFIT_DATA_ROOT and the offline model)."
         )
     import datasets
     from huggingface_hub import snapshot_download
 
     snapshot_download(model_name, allow_patterns=["*.json", "*.txt", "*.safetensors"])
-    datasets.load_dataset("nyu-mll/glue", "mrpc")
+    for spec in specs:
+        datasets.load_dataset(spec.hub_id, spec.hub_config)
+    return [spec.title for spec in specs]
 
 
 def main() -> int:
     """``python -m lab.hub``: prefetch, or say why not (exit code 1)."""
     try:
-        prefetch()
+        titles = prefetch()
     except RuntimeError as err:
         print(err)
         return 1
-    print(f"cached: {DEFAULT_MODEL} and GLUE MRPC; later loads read them even without a network")
+    print(f"cached: {DEFAULT_MODEL} and GLUE {', '.join(titles)}; later loads read them even without a network")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab.recipe import METHOD_NAMES, STUDY_DIR, RunSettings, lr_text, read_recipe
 
@@ -17,6 +18,10 @@ from lab.recipe import METHOD_NAMES, STUDY_DIR, RunSettings, lr_text, read_recip
 P2_DIR = "results/v2"
 #: Protocol 2's rule, shown wherever one of its numbers is.
 P2_RULE = "protocol 2: at most 6 epochs (Full FT 4), the tuning seed 0 among the reported seeds"
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 def kept_text(label: str, trainer, seconds: float) -> str:
     """02's line on a finished run: its rate and epochs, the epoch it kept, dev there, and its wall time."""
@@ -78,15 +83,31 @@ def against_majority(accuracy: float, majority: float, mcc: float | None, pair_p
     return f"{score}；但 {split} MCC {mcc:.2f}（永遠猜同一類是 0）：它沒有停在多數類，分得出一部分 not_equivalent 的對。"
 
 
+def _reported(runs: pd.DataFrame) -> pd.Series:
+    """Which rows of a ``runs.csv`` table are reported seeds (a boolean Series).
+
+    Protocol 3 (a ``protocol`` column of 3 or more) reports seeds 1..N only (``part == "seeds"``); its grid at
+    seed 0 only chose the rate. Protocol 2 (``P2_RULE``; its files may have no ``protocol`` column) reported the
+    tuning seed 0 of the grid among its seeds.
+    """
+    import pandas as pd
+
+    protocol = runs["protocol"] if "protocol" in runs else pd.Series(2, index=runs.index)
+    return (runs["part"] == "seeds") | ((runs["part"] == "grid") & (protocol.fillna(2) < 3))
+
+
 def _mean_dev_mcc(folder: Path, method: str) -> float | None:
-    """Mean dev MCC at the kept epoch of ``method``'s reported runs in ``runs.csv`` (None when not there)."""
+    """Mean dev MCC at the kept epoch of ``method``'s reported runs in ``runs.csv`` (None when not there).
+
+    The reported runs are those :func:`_reported` names, at the rate of ``methods.csv`` where it is there.
+    """
     import pandas as pd
 
     path = folder / "runs.csv"
     if not path.is_file():
         return None
     runs = pd.read_csv(path)
-    chosen = runs[(runs["method"] == method) & runs["part"].isin(["grid", "seeds"])]
+    chosen = runs[(runs["method"] == method) & _reported(runs)]
     if (folder / "methods.csv").is_file():
         lr = pd.read_csv(folder / "methods.csv", index_col="method")["lr"].get(method)
         chosen = chosen[chosen["lr"] == lr]

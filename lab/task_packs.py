@@ -4,8 +4,11 @@
 the others come from :func:`make_pack`: it first looks for a ready pack of the task that fits this
 very base (``lab.packs.load_bias_checkpoint`` decides: same base name, architecture, head and
 labels, frozen-weight fingerprint), then for one it wrote before with the same settings, and only
-then trains one; :func:`serve_tasks` puts them on one base. Training follows 02's rule on a subsample (``PackSettings``): BitFit
-(``apply_bitfit``), ``make_trainer(..., task=)``, the epoch kept by validation MCC, dev reported.
+then trains one; :func:`serve_tasks` puts them on one base. Every pack reads the encoder through
+the same head (``lab.heads``) as 02's MRPC pack: :func:`serve_tasks` passes that pack's head on, and
+the default is 02's own choice (``lab.recipe.head_for`` with the study's recipe). Training follows
+02's rule on a subsample (``PackSettings``): BitFit (``apply_bitfit``), ``make_trainer(..., task=)``,
+the epoch kept by validation MCC, dev reported.
 Before it starts it prints what it will train and how long that should take on this machine
 (a measured training step times the steps, plus the scoring).
 
@@ -32,7 +35,7 @@ from torch import nn
 
 from bitfit_utils import parameter_groups
 from lab import packs
-from lab.tasks import get_task
+from lab.tasks import SERVED_TASKS, get_task
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class PackSettings:
         validation_size: validation examples (chooses the epoch).
         dev_size: GLUE dev examples scored after every epoch (None: all of them; only reported).
         epochs: epochs of training.
-        learning_rate: BitFit's rate (02's default, ``lab.study.DEFAULT_SETTINGS``).
+        learning_rate: BitFit's rate; the default is BitFit's default rate (``lab.recipe.DEFAULT_LR["bitfit"]``,
+            the registry's ``default_lr``), which 02 trains with until the study has chosen one.
         batch_size: examples per step.
         seed: seed of the subsamples, the head's initialisation and the training order.
     """
@@ -137,9 +141,27 @@ def _subsample(dataset, size: int | None, seed: int, stratify: bool = True):
     return dataset.select(np.sort(np.concatenate(rows)))
 
 
+def study_head(model: nn.Module, head: str | None = None) -> str:
+    """The head (``lab.heads.POOLINGS``) a pack for ``model``'s base is trained with: ``head`` when given, else
+    the one 02 trains with, ``lab.recipe.head_for`` on the study's recipe (``results/v3/recipe.json``)."""
+    from lab.recipe import head_for, read_recipe
+
+    return head if head is not None else head_for(model, read_recipe())
+
+
+def _load_with_head(model_name: str | None, task: str, head: str | None) -> tuple[nn.Module, Any, str]:
+    """``load_model(model_name, task=task)`` with :func:`study_head`'s head set: ``(model, tokenizer, head)``."""
+    from lab.heads import set_pooling
+    from lab.models import load_model
+
+    model, tokenizer = load_model(model_name, verbose=False, task=task)
+    head = study_head(model, head)
+    return set_pooling(model, head), tokenizer, head
+
+
 def make_pack(task: str, out_dir: str | os.PathLike = "packs", *, model_name: str | None = None,
               settings: PackSettings = STUDENT, ready_dir: str | os.PathLike | None = None,
-              data_dir: str | os.PathLike | None = None, verbose: bool = True) -> Path:
+              data_dir: str | os.PathLike | None = None, head: str | None = None, verbose: bool = True) -> Path:
     """``task``'s BitFit pack for the base ``model_name``: a ready one if one fits, else trained now.
 
     Looks, in order, for: the best fitting pack in ``ready_dir`` (:func:`find_ready_pack`); the pack
@@ -153,18 +175,19 @@ def make_pack(task: str, out_dir: str | os.PathLike = "packs", *, model_name: st
         settings: how much to train (``STUDENT``, ``QUICK`` or your own ``PackSettings``).
         ready_dir: a folder of ready packs (e.g. the study's ``results/v3/packs``), or None.
         data_dir: the task's own data folder (None: ``$BITFIT_DATA_ROOT`` or beside ``$BITFIT_DATA_DIR``).
+        head: what the head reads (``"cls"`` or ``"mean"``, ``lab.heads``): the packs it must be served
+            beside were trained with it (:func:`serve_tasks` passes 02's MRPC pack's head). A ready pack
+            of another head is refused. None: :func:`study_head`, the head 02 chooses for this base.
         verbose: print where the pack comes from, the plan and the result.
 
     Returns:
         The pack's path.
     """
-    from lab.models import load_model
-
     spec = get_task(task)
     say = print if verbose else (lambda *a, **k: None)
     target = pack_path(spec.name, out_dir)
     if (ready_dir is not None and Path(ready_dir).is_dir()) or target.is_file():
-        model, _ = load_model(model_name, verbose=False, task=spec.name)  # a throwaway: the checks load packs
+        model, _, head = _load_with_head(model_name, spec.name, head)  # a throwaway: the checks load packs
         ready = find_ready_pack(model, spec.name, ready_dir)
         if ready is not None:
             say(f"{spec.title}: ready pack {ready} fits this base ({model.config._name_or_path}); no training.")
@@ -173,11 +196,11 @@ def make_pack(task: str, out_dir: str | os.PathLike = "packs", *, model_name: st
                 and (packs.read_bias_checkpoint(target)[1].get("user") or {}).get("settings") == asdict(settings):
             say(f"{spec.title}: using {target}, trained before with the same settings.")
             return target
-    return _train_pack(model_name, spec.name, target, settings, data_dir, say)
+    return _train_pack(model_name, spec.name, target, settings, data_dir, say, head)
 
 
 def serve_tasks(base_model: str, ready: Mapping[str, str | os.PathLike], out_dir: str | os.PathLike = "packs",
-                tasks: Sequence[str] = ("sst2", "cola"), quick: bool = False,
+                tasks: Sequence[str] = SERVED_TASKS, quick: bool = False,
                 ready_dir: str | os.PathLike | None = READY_PACKS):
     """03's server: the base loaded once, with the packs in ``ready`` and one per task in ``tasks``.
 
@@ -186,7 +209,8 @@ def serve_tasks(base_model: str, ready: Mapping[str, str | os.PathLike], out_dir
         ready: packs already made, ``{task: path}`` (03: 02's MRPC pack); the first one's head
             (``lab.heads``) is the base's, and every pack must have been trained with it.
         out_dir, ready_dir: as :func:`make_pack`.
-        tasks: the other tasks; each pack comes from :func:`make_pack` (ready, made before, or trained now).
+        tasks: the other tasks; each pack comes from :func:`make_pack` (ready, made before, or trained now)
+            with the head of the first pack in ``ready`` (else :func:`study_head`'s).
         quick: train the small CI subsample (``pack_settings``).
 
     Prints each task's labels and the server's memory against one full model per task.
@@ -199,8 +223,10 @@ def serve_tasks(base_model: str, ready: Mapping[str, str | os.PathLike], out_dir
     from lab.serving import MultiTaskBitFit
 
     paths = {task: Path(path) for task, path in ready.items()}
+    head = packs.read_bias_checkpoint(next(iter(paths.values())))[1]["head"] if paths else None  # 02's head
     for task in tasks:
-        paths[task] = make_pack(task, out_dir, model_name=base_model, settings=pack_settings(quick), ready_dir=ready_dir)
+        paths[task] = make_pack(task, out_dir, model_name=base_model, settings=pack_settings(quick),
+                                ready_dir=ready_dir, head=head)
     base, _ = load_model(base_model, verbose=False)
     set_pooling(base, packs.read_bias_checkpoint(next(iter(paths.values())))[1].get("head", "cls"))  # 02's head
     server = MultiTaskBitFit(base.eval(), paths)   # every pack checked against this very base, head included
@@ -209,11 +235,15 @@ def serve_tasks(base_model: str, ready: Mapping[str, str | os.PathLike], out_dir
     return server, paths
 
 
-def _train_pack(model_name: str | None, task: str, target: Path, settings: PackSettings, data_dir, say) -> Path:
-    """Train BitFit on ``task`` by 02's rule on ``settings``' subsample and save the pack at ``target``."""
+def _train_pack(model_name: str | None, task: str, target: Path, settings: PackSettings, data_dir, say,
+                head: str | None = None) -> Path:
+    """Train BitFit on ``task`` by 02's rule on ``settings``' subsample and save the pack at ``target``.
+
+    The model reads through ``head`` (None: :func:`study_head`), set before BitFit, as in 02 and ``study.run``.
+    """
     import bitfit_utils as bu
     from lab.data import VALIDATION_SHARE, load_task, selection_splits, tokenize_task
-    from lab.models import get_device, load_model
+    from lab.models import get_device
     from lab.timing import estimate_trainings, measure_step_costs, plan_training
     from lab.training import kept_row, make_trainer, set_seed
 
@@ -228,7 +258,7 @@ def _train_pack(model_name: str | None, task: str, target: Path, settings: PackS
     splits["validation"] = _subsample(splits["validation"], settings.validation_size, settings.seed)
     splits["dev"] = _subsample(splits["dev"], settings.dev_size, settings.seed, stratify=False)
     set_seed(settings.seed)  # the new head is drawn at load time, as in 02
-    model, tokenizer = load_model(model_name, verbose=False, task=spec.name)
+    model, tokenizer, head = _load_with_head(model_name, spec.name, head)
     encoded = tokenize_task(splits, tokenizer, spec)
     bu.apply_bitfit(model)
     device = get_device()
@@ -241,7 +271,8 @@ def _train_pack(model_name: str | None, task: str, target: Path, settings: PackS
     estimate = estimate_trainings(costs, [plan])[spec.title]
     kind = "pairs" if spec.is_pair else "sentences"
     say(f"{spec.title}: training BitFit on {len(encoded['train']):,} of {train_total:,} train {kind}, "
-        f"{settings.epochs} epoch(s), lr {settings.learning_rate:g}; validation {len(encoded['validation'])} + "
+        f"{settings.epochs} epoch(s), lr {settings.learning_rate:g}, {head} head; "
+        f"validation {len(encoded['validation'])} + "
         f"dev {len(encoded['dev'])} scored after each epoch. Estimated {_duration(estimate)} on {device.type} "
         f"({step:.2f} s a step, measured now).")
     set_seed(settings.seed)  # the probe drew dropout masks: start training from the seed

