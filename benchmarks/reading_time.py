@@ -1,9 +1,10 @@
 """How long the lab's student path takes to read: a word count turned into minutes.
 
 The student path is the three notebooks without the parts marked optional: a "## " or "### " heading with
-選讀 (optional reading: 02's section 7, the comparison study and the handout's recipes; 03's sections 5-6)
-or 選做 (an optional exercise) in it, down to the next heading of its level or above. Every other cell is
-counted, code included; training and waiting are not reading and are left out (02's section 0 prints those).
+選讀 (optional reading: 02's tokenizer aside in section 1 and its section 7, the comparison study and the
+handout's recipes; 03's section 5, the latency) or 選做 (an optional exercise) in it, down to the next heading
+of its level or above. Every other cell is counted, code included (03's section 6, one base serving three tasks,
+is on the path); training and waiting are not reading and are left out (02's section 0 prints those).
 
 Rates (stated here, not measured on students):
 

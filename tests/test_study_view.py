@@ -105,6 +105,22 @@ def test_headline_and_its_sentences_say_what_the_table_holds(results):
     assert "LoRA" in said[-1] and "還沒跑完" in said[-1]  # lora and beft have no rows: said so
 
 
+@pytest.mark.parametrize("protocol, expected", [(3, 0.2), (2, 0.15), (None, 0.15)])
+def test_frozen_mcc_counts_the_grid_seed_only_where_the_protocol_reported_it(tmp_path, protocol, expected):
+    """Protocol 3 reports seeds 1..N (its grid at seed 0 only chose the rate); protocol 2 reported seed 0 too."""
+    from lab.study import _mean_dev_mcc
+
+    rows = [("grid", 1e-2, 0, 0.05), ("grid", 1e-3, 0, 0.9), ("seeds", 1e-2, 1, 0.3), ("seeds", 1e-2, 2, 0.1),
+            ("task", 1e-2, 1, 0.9)]  # another rate, another task: never counted
+    runs = pd.DataFrame(rows, columns=["part", "lr", "seed", "dev_mcc"]).assign(method="frozen")
+    if protocol is not None:  # protocol 2's older files have no such column
+        runs["protocol"] = protocol
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    pd.DataFrame({"method": ["frozen"], "lr": [1e-2]}).to_csv(tmp_path / "methods.csv", index=False)
+    assert _mean_dev_mcc(tmp_path, "frozen") == pytest.approx(expected)
+    assert _mean_dev_mcc(tmp_path, "bitfit") is None and _mean_dev_mcc(tmp_path / "none", "frozen") is None
+
+
 def _this_run(**changes):
     table = pd.DataFrame({"lr": ["3e-3", "2e-5", "1e-2"], "max_epochs": [20, 20, 20], "patience": [3, 3, 3],
                           "epochs_run": [9.0, 6.0, 8.0], "steps": [900, 600, 800], "kept_epoch": [6.0, 3.0, 5.0],
@@ -213,9 +229,20 @@ def test_the_demo_on_a_cpu_says_what_it_trades_away(tmp_path):
     note = demo.note
     assert demo.patience is None and "no early stop" in note and "Frozen and Full FT are not trained" in note and "study's seeds" in note
     assert ("instead of 32" in note) == (DEMO_CPU["batch_size"] != 32)
+    assert "BitFit at lr 1e-3 (not the study's 3e-3)" in note  # fake_recipe chose 3e-3: the note says so
     assert run_settings(False, True, "bert-base-uncased", "cpu", folder).model_name == "bert-base-uncased"
     on_gpu = run_settings(False, True, None, "cuda", folder)
     assert on_gpu.batch_size == 32 and on_gpu.section_6 == ["frozen", "full"] and "unchanged" in on_gpu.note
+
+
+def test_the_demo_note_compares_its_rate_with_the_study_s_choice(tmp_path):
+    from lab.recipe import demo_rate_text
+
+    recipe = fake_recipe(tmp_path / "chose")  # BitFit 3e-3
+    assert demo_rate_text(1e-3, recipe) == "lr 1e-3 (not the study's 3e-3)"
+    assert demo_rate_text(3e-3, recipe) == "lr 3e-3 (the study's rate)"
+    assert demo_rate_text(1e-3, None) == "lr 1e-3 (the study has not chosen a rate yet)"
+    assert "the study has not chosen a rate yet" in run_settings(False, True, None, "cpu", tmp_path / "none").note
 
 
 def test_the_demo_plan_is_four_bitfit_epochs_at_batch_16_and_nothing_else(tmp_path):
@@ -323,10 +350,14 @@ def test_02_shows_protocol_3_only_once_every_planned_seed_is_in(tmp_path):
     assert study_shown(v3, v2) == (str(v2), P2_RULE)  # no headline table yet
 
 
-def test_02_states_the_epoch_cap_in_force():
+def test_02_states_the_epoch_cap_and_the_patience_in_force():
     import json
+    import re
     from pathlib import Path
+
+    from lab.selection import PATIENCE
 
     cells = json.loads((Path(__file__).parent.parent / "02-Train.ipynb").read_text())["cells"]
     rule = next("".join(c["source"]) for c in cells if "**停止規則**" in "".join(c["source"]))
     assert f"最多 {MAX_EPOCHS} 個 epoch" in rule
+    assert re.findall(r"連續 (\d+) 個 epoch", rule) == [str(PATIENCE)]  # the patience typed in the cell is the code's

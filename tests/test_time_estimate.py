@@ -75,7 +75,7 @@ def test_the_text_lists_each_training_the_total_and_the_switches():
     assert "BITFIT_DEMO=1" in text and OFFLINE_MODEL in text and "Colab" in text
     assert "ALLOW_LONG_RUN" not in text  # short: no warning
     long_text = time_estimate_text(costs(bitfit=20.0), plans, "bert-base-uncased")
-    assert "more than an hour" in long_text and "ALLOW_LONG_RUN = True" in long_text
+    assert f"more than {LONG_RUN_S / 3600:.1f} h" in long_text and "ALLOW_LONG_RUN = True" in long_text
     in_demo = time_estimate_text(costs(), plans, OFFLINE_MODEL, demo=True)  # the demo on a CPU: only a GPU is left
     assert "BITFIT_DEMO" not in in_demo and "Faster: a GPU" in in_demo
     on_gpu = dataclasses.replace(costs(), device="cuda")  # nothing faster to offer with the offline model
