@@ -32,6 +32,9 @@ from lab.consistency import (CLAIMED_GROUPS, changes_by_task, compare_tasks, con
 from lab.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The figure to compare with, named under the table.
+PAPER_FIGURE = ("For comparison: Ben Zaken et al. (2022), Figure 1, the change of each bias component per layer after "
+                "BitFit on BERT-base, where the query and the middle-of-MLP (intermediate) biases change most.")
 #: The packs of the study's reported runs (``study.run``'s names): MRPC's seeds, the other tasks' seeds.
 REPORTED = ("seeds-bitfit-*", "*-task-bitfit-*")
 
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None, base_model: nn.Module | None = None) -> 
              "| task | packs | " + " | ".join(groups) + " |", "|---|---:|" + "---:|" * len(groups)]
     for t in result.tasks:
         lines.append(f"| {titles[t]} | {len(used[t])} | " + " | ".join(f"{profiles[t][g]:.2e}" for g in groups) + " |")
-    lines += ["", "![bias change per task](consistency.png)", ""]
+    lines += ["", "![bias change per task](consistency.png)", "", PAPER_FIGURE, ""]
     (args.out / "consistency.md").write_text("\n".join(lines))
     print(sentence)
     print(f"wrote {args.out / 'consistency.png'}, consistency.json, consistency.md ({sum(map(len, used.values()))} packs)")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 #: The label of the v1 study's rule, wherever the pages show its numbers.
 V1_RULE = "v1：固定設定，epoch 在 MRPC dev（也就是報告的切分）上以 F1 選"
+#: The label of protocol 2's rule, wherever the pages show its numbers.
+P2_RULE_ZH = "舊規則：最多 6 個 epoch，seed 0 也在回報裡"
 MIB = 2**20
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from lab.registry import HEADLINE, METHODS
 from study import p2_protocol as p2
-from study.page_inputs import V1_RULE, bench, csv, machine, md
+from study.page_inputs import P2_RULE_ZH, V1_RULE, bench, csv, machine, md
 from study.pages_perf import claims_block, perf_block
 from study.pages_v3 import v3_block
 
@@ -243,7 +243,6 @@ def v1_block(results: Path) -> str:
 
 
 #: Protocol 2's rule, said wherever one of its numbers is shown (protocol 3 replaces them when it is done).
-P2_RULE_ZH = "舊規則：最多 6 個 epoch，seed 0 也在回報裡"
 
 
 def summary_block(results: Path) -> str:

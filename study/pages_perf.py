@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from study.page_inputs import V1_RULE, bench, csv, machine
+from study.page_inputs import P2_RULE_ZH, V1_RULE, bench, csv, machine
 
 
 # ----- results/README.md: performance ----------------------------------------------------
@@ -182,7 +182,8 @@ def _ablation(results: Path):
     if new:
         table = pd.concat(new)
         if {"bitfit", "lora", "adaptive_init", "handout_bitfitlora", "bitfit_lora"} <= set(table.index):
-            return table, "協定 2，選定設定下每個方法 " + "／".join(map(str, sorted(set(table.seeds)))) + " 個 seed 的 dev 平均"
+            return table, (f"協定 2，{P2_RULE_ZH}；選定設定下每個方法 " + "／".join(map(str, sorted(set(table.seeds))))
+                           + " 個 seed 的 dev 平均")
     old = csv(results / "v1" / "methods.csv", "method")
     if old is None:
         return None, ""
@@ -206,7 +207,7 @@ def claims_block(results: Path) -> str:
         tta = csv(results / "v2" / "tta.csv", "target")
         if tta is not None and not math.isnan(tta.ratio.get("full_ft_best", math.nan)):
             text += (f"整段訓練要到 Full FT 在 validation 上的最好成績，BitFit / Full FT 的時間 = "
-                     f"{tta.ratio['full_ft_best']:.2f}（協定 2 的 time-to-accuracy）。")
+                     f"{tta.ratio['full_ft_best']:.2f}（協定 2，{P2_RULE_ZH}；只有 seed 0；協定 3 每個 seed 的數字在第 0 節）。")
         out.append(text + "原因見上方「效能」。我們只跑 MRPC，沒有 GLUE 平均可比。")
     share = {"base": bias_share(BertConfig(num_labels=2)),
              "large": bias_share(BertConfig(num_labels=2, hidden_size=1024, num_hidden_layers=24,

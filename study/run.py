@@ -74,6 +74,8 @@ QUICK_METHODS = ("bitfit", "lora")
 TASK_STUDY: dict[str, int | None] = {"sst2": 8000, "cola": None}
 TASK_METHODS = ("bitfit", "full")
 TASK_SEEDS = 3
+#: Machine hours each stage was given (``stage_of``): ``--plan`` and the results page compare against them.
+BUDGET_HOURS = {"mrpc": 9.0, "tasks": 4.0}
 #: Until runs of a method have measured them: machine seconds per epoch, and epochs a run trains.
 EPOCH_S_GUESS = {"frozen": 60.0, "full": 130.0}
 EPOCH_S_DEFAULT = 100.0
@@ -328,30 +330,51 @@ def epochs_run(runs: list[dict]) -> dict[str, float]:
     return {m: mean(v) for m, v in epochs.items()}
 
 
-def show_plan(folder: Path, quick: bool) -> None:
-    """Print every run, done or not, and the CPU hours left (measured where runs have finished, else guessed)."""
+def stage_of(run: dict) -> str:
+    """``"mrpc"`` for the MRPC study (head, grid, seeds, cost), ``"tasks"`` for the other tasks' runs."""
+    return "mrpc" if task_of(run) == "mrpc" else "tasks"
+
+
+def estimate(folder: Path, quick: bool = False) -> tuple[list[dict], dict[str, dict[str, float]]]:
+    """Every planned run with its state and machine seconds (measured where runs have finished, else guessed),
+    and per stage (:func:`stage_of`) the hours spent (retired runs included), left and budgeted."""
     runs, retired = read_runs(folder), retired_runs(folder)
     per_epoch, n_epochs = epoch_seconds(runs + retired), epochs_run(runs)  # a retired run's epochs cost the same
     done, redo = {r["name"] for r in runs}, {r["name"] for r in retired}
-    left_s, rows = 0.0, []
+    rows = []
     for spec in plan(runs, quick):
         m = spec["method"]
         epochs = COST_EPOCHS if spec["part"] == "cost" else n_epochs.get(m, EPOCHS_GUESS.get(m, EPOCHS_DEFAULT))
-        seconds = per_epoch.get(m, EPOCH_S_GUESS.get(m, EPOCH_S_DEFAULT)) * epochs
         state = "done" if spec["name"] in done else ("redo" if spec["name"] in redo else "to run") if ready(spec) \
             else "waits"
-        if state != "done":
-            left_s += seconds
-        rows.append(f"{state:7} {spec['name']:42} ~{seconds / 60:5.1f} machine-min")
-    print("\n".join(rows))
-    n_done = sum(r.startswith("done") for r in rows)
-    spent = sum(spent_hours(folder).values())
+        rows.append({"state": state, "name": spec["name"], "stage": stage_of(spec),
+                     "seconds": per_epoch.get(m, EPOCH_S_GUESS.get(m, EPOCH_S_DEFAULT)) * epochs})
+    stages = {}
+    for stage, budget in BUDGET_HOURS.items():
+        spent = sum(machine_hours([r for r in runs + retired if stage_of(r) == stage]).values())
+        left = sum(r["seconds"] for r in rows if r["stage"] == stage and r["state"] != "done") / 3600
+        stages[stage] = {"spent": spent, "left": left, "budget": budget}
+    return rows, stages
+
+
+def show_plan(folder: Path, quick: bool) -> None:
+    """Print every run, done or not, and per stage the CPU hours spent and left against its budget."""
+    runs = read_runs(folder)
+    rows, stages = estimate(folder, quick)
+    print("\n".join(f"{r['state']:7} {r['name']:42} ~{r['seconds'] / 60:5.1f} machine-min" for r in rows))
+    per_epoch, n_epochs = epoch_seconds(runs + retired_runs(folder)), epochs_run(runs)
     basis = ", ".join(f"{m} {s:.0f} s x " + (f"{n_epochs[m]:.1f} epochs" if m in n_epochs else "epochs guessed")
                       for m, s in sorted(per_epoch.items())) or \
         "nothing measured yet: guesses"
-    print(f"\nprotocol {PROTOCOL}: {n_done} of {len(rows)} runs done; spent {spent:.1f} machine-hours, about "
-          f"{left_s / 3600:.1f} left, {spent + left_s / 3600:.1f} in all (per epoch and epochs per run: {basis}). "
-          f"Head: {choose_head(runs, quick) or 'not chosen yet'}.")
+    spent, left = sum(v["spent"] for v in stages.values()), sum(v["left"] for v in stages.values())
+    print(f"\nprotocol {PROTOCOL}: {sum(r['state'] == 'done' for r in rows)} of {len(rows)} runs done; spent "
+          f"{spent:.1f} machine-hours, about {left:.1f} left, {spent + left:.1f} in all (per epoch and epochs per run: "
+          f"{basis}). Head: {choose_head(runs, quick) or 'not chosen yet'}.")
+    for stage, v in stages.items():
+        total = v["spent"] + v["left"]
+        verdict = f"over by {total - v['budget']:.1f}" if total > v["budget"] else "within it"
+        print(f"  {stage}: spent {v['spent']:.1f} + about {v['left']:.1f} left = {total:.1f} machine-hours, "
+              f"budget {v['budget']:g} ({verdict})")
 
 
 def run_left(folder: Path, quick: bool, jobs: int, threads: int | None) -> None:

@@ -167,4 +167,4 @@ def test_script_writes_figure_json_and_markdown(tmp_path, capsys):
                               "cola": ["cola-task-bitfit-cls-lr0.001-s1.safetensors"]}
     assert (out / "consistency.png").stat().st_size > 1000
     md = (out / "consistency.md").read_text()
-    assert facts["sentence"] in md and "Yes: on every task (MRPC, SST-2, CoLA)" in capsys.readouterr().out
+    assert "Figure 1" in md and facts["sentence"] in md and "Yes: on every task (MRPC, SST-2, CoLA)" in capsys.readouterr().out

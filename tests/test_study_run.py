@@ -131,7 +131,12 @@ def test_report_writes_every_table_and_counts_a_seed_that_never_reaches(tmp_path
     assert bitfit[2]["majority_plus_5_seconds"] == math.inf  # counted as never, not dropped
     ratios = rp.tta_ratios(rows, "majority_plus_5")
     assert ratios["bitfit_never"] == 1 and ratios["max_ratio"] == math.inf
-    assert "never reached: BitFit 1" in (tmp_path / "tta.md").read_text()
+    assert "始終沒到的 seed：BitFit 1 個" in (tmp_path / "tta.md").read_text()
+    # each BitFit seed against Full FT's median seed, not paired by seed number
+    fake = [{"method": "bitfit", "t_seconds": s} for s in (10.0, 30.0, 20.0)] + \
+           [{"method": "full", "t_seconds": s} for s in (40.0, 5.0, 10.0)]
+    assert rp.tta_ratios(fake, "t") == {"median_ratio": 2.0, "min_ratio": 1.0, "max_ratio": 3.0,
+                                        "bitfit_never": 0, "full_never": 0}
     # seed 0 (the grid's) is not among the reported seeds
     table = rp.method_table(runs, sr.choose_lrs(runs, "mean"))
     assert table.loc["bitfit", "seeds"] == 5 and table.loc["frozen", "seeds"] == 3
