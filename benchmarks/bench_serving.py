@@ -27,17 +27,17 @@ from bitfit_utils import parameter_groups  # noqa: E402
 from benchmarks.bench_bitfit import machine  # noqa: E402
 from lab.data import task_dev  # noqa: E402
 from lab.models import OFFLINE_MODEL, load_model  # noqa: E402
-from lab.tasks import get_task  # noqa: E402
+from lab.tasks import SERVED_TASKS, get_task  # noqa: E402
 from lab.serving import MultiTaskBitFit, base_fingerprint, encode_requests  # noqa: E402
 from lab.task_packs import synthetic_pack  # noqa: E402
 
 DATA = Path(os.environ.get("BITFIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc")).parent
-#: The served tasks, in the order the request stream cycles through them.
-TASKS = ("mrpc", "sst2", "cola")
+#: The served tasks, in the order the request stream cycles through them: 02's MRPC, then 03's others.
+TASKS = ("mrpc", *SERVED_TASKS)
 
 
 def request_stream(n: int, data: Path | None = DATA) -> list[tuple[str, str | tuple[str, str]]]:
-    """``n`` requests cycling MRPC (pair), SST-2 (sentence), CoLA (sentence) from the GLUE dev sets.
+    """``n`` requests cycling through ``TASKS`` (MRPC pairs, SST-2 and CoLA sentences) from the GLUE dev sets.
 
     Read by ``lab.data.task_dev`` through each task's spec (``data``: the folder holding the tasks'
     offline folders; None: ``lab.data``'s own rules, the Hub included).
