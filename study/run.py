@@ -321,6 +321,18 @@ def epoch_seconds(runs: list[dict]) -> dict[str, float]:
     return {m: mean(v) for m, v in seconds.items()}
 
 
+def epochs_expected(spec: dict, runs: list[dict], by_method: dict[str, float]) -> float:
+    """Epochs a planned run is expected to train: the mean of finished runs of its method at its rate (the
+    stopping rule's length depends on the rate), else of its method (``by_method``), else a guess."""
+    if spec["part"] == "cost":
+        return COST_EPOCHS
+    same = [r["last_epoch"] for r in runs if not r.get("quick") and r["part"] != "cost"
+            and r["method"] == spec["method"] and r["lr"] == spec["lr"]]
+    if same:
+        return mean(same)
+    return by_method.get(spec["method"], EPOCHS_GUESS.get(spec["method"], EPOCHS_DEFAULT))
+
+
 def epochs_run(runs: list[dict]) -> dict[str, float]:
     """Mean epochs a finished (non-cost) run of each method trained before the stopping rule ended it."""
     epochs: dict[str, list[float]] = {}
@@ -342,9 +354,12 @@ def estimate(folder: Path, quick: bool = False) -> tuple[list[dict], dict[str, d
     per_epoch, n_epochs = epoch_seconds(runs + retired), epochs_run(runs)  # a retired run's epochs cost the same
     done, redo = {r["name"] for r in runs}, {r["name"] for r in retired}
     rows = []
+    head = choose_head(runs, quick)
+    chosen = choose_lrs(runs, head, quick) if head else {}
     for spec in plan(runs, quick):
         m = spec["method"]
-        epochs = COST_EPOCHS if spec["part"] == "cost" else n_epochs.get(m, EPOCHS_GUESS.get(m, EPOCHS_DEFAULT))
+        # a task run waits for MRPC to finish, then takes MRPC's chosen rate: price it at that rate already
+        epochs = epochs_expected({**spec, "lr": spec["lr"] if spec["lr"] is not None else chosen.get(m)}, runs, n_epochs)
         state = "done" if spec["name"] in done else ("redo" if spec["name"] in redo else "to run") if ready(spec) \
             else "waits"
         rows.append({"state": state, "name": spec["name"], "stage": stage_of(spec),
@@ -362,14 +377,13 @@ def show_plan(folder: Path, quick: bool) -> None:
     runs = read_runs(folder)
     rows, stages = estimate(folder, quick)
     print("\n".join(f"{r['state']:7} {r['name']:42} ~{r['seconds'] / 60:5.1f} machine-min" for r in rows))
-    per_epoch, n_epochs = epoch_seconds(runs + retired_runs(folder)), epochs_run(runs)
-    basis = ", ".join(f"{m} {s:.0f} s x " + (f"{n_epochs[m]:.1f} epochs" if m in n_epochs else "epochs guessed")
-                      for m, s in sorted(per_epoch.items())) or \
-        "nothing measured yet: guesses"
+    per_epoch = epoch_seconds(runs + retired_runs(folder))
+    basis = ", ".join(f"{m} {s:.0f} s" for m, s in sorted(per_epoch.items())) or "nothing measured yet: guesses"
     spent, left = sum(v["spent"] for v in stages.values()), sum(v["left"] for v in stages.values())
     print(f"\nprotocol {PROTOCOL}: {sum(r['state'] == 'done' for r in rows)} of {len(rows)} runs done; spent "
-          f"{spent:.1f} machine-hours, about {left:.1f} left, {spent + left:.1f} in all (per epoch and epochs per run: "
-          f"{basis}). Head: {choose_head(runs, quick) or 'not chosen yet'}.")
+          f"{spent:.1f} machine-hours, about {left:.1f} left, {spent + left:.1f} in all (machine seconds per epoch: "
+          f"{basis}; epochs per run: the mean of finished runs of the method at that rate, else of the method). "
+          f"Head: {choose_head(runs, quick) or 'not chosen yet'}.")
     for stage, v in stages.items():
         total = v["spent"] + v["left"]
         verdict = f"over by {total - v['budget']:.1f}" if total > v["budget"] else "within it"

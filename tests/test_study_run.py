@@ -246,4 +246,17 @@ def test_the_plan_prices_a_method_by_its_retired_runs_until_one_counts(tmp_path,
     (tmp_path / "runs" / f"{cut['name']}.json").write_text(json.dumps(cut))
     sr.show_plan(tmp_path, quick=False)
     out = capsys.readouterr().out
-    assert "beft_all 30 s x epochs guessed" in out  # 1200 s / 2 runs sharing the CPU / 20 epochs
+    assert "beft_all 30 s" in out  # 1200 s / 2 runs sharing the CPU / 20 epochs
+    # no counted run of BEFT-all yet: its epochs are guessed, at the retired run's price per epoch
+    assert f"seeds-beft_all-?-lr?-s1                    ~{30 * sr.EPOCHS_DEFAULT / 60:5.1f} machine-min" in out
+
+
+def test_the_plan_prices_a_run_by_the_epochs_its_rate_took():
+    fast = _run("grid", "bitfit", "cls", 1e-3, 0, [(0.1 * i, 0.7, 0.7) for i in range(1, 5)])
+    slow = _run("grid", "bitfit", "cls", 3e-4, 0, [(0.05 * i, 0.7, 0.7) for i in range(1, 17)])
+    runs = [fast, slow]
+    by_method = sr.epochs_run(runs)
+    assert sr.epochs_expected({"part": "seeds", "method": "bitfit", "lr": 3e-4}, runs, by_method) == 16
+    assert sr.epochs_expected({"part": "seeds", "method": "bitfit", "lr": 1e-3}, runs, by_method) == 4
+    assert sr.epochs_expected({"part": "seeds", "method": "bitfit", "lr": 3e-3}, runs, by_method) == 10  # the mean
+    assert sr.epochs_expected({"part": "cost", "method": "bitfit", "lr": 3e-4}, runs, by_method) == sr.COST_EPOCHS
