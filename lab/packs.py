@@ -341,7 +341,10 @@ def _check_labels(model: nn.Module, meta: dict[str, Any], path: str | os.PathLik
 
 
 def write_atomically(path: Path, blob: bytes) -> Path:
-    """Write ``blob`` to a temporary file beside ``path``, flush it to disk, then rename it into place."""
+    """Write ``blob`` to a temporary file beside ``path``, flush it to disk, then rename it into place.
+
+    The file gets the permissions any new file of the user gets (``mkstemp`` alone would leave it 0600).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -349,11 +352,19 @@ def write_atomically(path: Path, blob: bytes) -> Path:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def library_versions() -> dict[str, str]:

@@ -105,6 +105,16 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temp file left
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_pack_gets_the_permissions_of_any_new_file(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = packs.save_bias_checkpoint(_tune(tiny_bert()), tmp_path / "p.safetensors", task="mrpc")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: others may read the pack a class shares
+
+
 def test_saving_an_untouched_model_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="call apply_bitfit"):
         packs.save_bias_checkpoint(tiny_bert().requires_grad_(False), tmp_path / "p.safetensors", task="mrpc")
