@@ -190,6 +190,19 @@ def _ablation(results: Path):
     return old, f"{V1_RULE}；{int(old.seeds.min())} 個 seed 的 dev 平均"
 
 
+def v3_tta_ratio(folder: Path) -> str:
+    """Protocol 3's time to Full FT's median best, BitFit / Full FT, once both have all their seeds; else ``""``."""
+    from study.report import tta_ratios
+
+    methods, tta = csv(folder / "methods.csv", "method"), csv(folder / "tta.csv", "method")
+    if methods is None or tta is None or not {"bitfit", "full"} <= set(methods.index) or \
+            any(methods.seeds[m] < methods["of"][m] for m in ("bitfit", "full")):
+        return ""
+    r = tta_ratios(tta.reset_index().to_dict("records"), "full_ft_median_best")
+    return (f"整段訓練要到 Full FT 在 validation 上最好成績的中位數，BitFit / Full FT 的時間 = {r['median_ratio']:.2f}"
+            f"（協定 3，每個 BitFit seed 對 Full FT 的中位數 seed：{r['min_ratio']:.2f}–{r['max_ratio']:.2f}）。")
+
+
 def claims_block(results: Path) -> str:
     from transformers import BertConfig
 
@@ -205,7 +218,10 @@ def claims_block(results: Path) -> str:
                      f"（講義 8/45 = {8 / 45:.2f}）；")
         text += f"訓練記憶體 BitFit / Full FT = {ratio:.2f}（講義 3.2/8.5 = {3.2 / 8.5:.2f}）。"
         tta = csv(results / "v2" / "tta.csv", "target")
-        if tta is not None and not math.isnan(tta.ratio.get("full_ft_best", math.nan)):
+        v3 = v3_tta_ratio(results / "v3")
+        if v3:
+            text += v3
+        elif tta is not None and not math.isnan(tta.ratio.get("full_ft_best", math.nan)):
             text += (f"整段訓練要到 Full FT 在 validation 上的最好成績，BitFit / Full FT 的時間 = "
                      f"{tta.ratio['full_ft_best']:.2f}（協定 2，{P2_RULE_ZH}；只有 seed 0；協定 3 每個 seed 的數字在第 0 節）。")
         out.append(text + "原因見上方「效能」。我們只跑 MRPC，沒有 GLUE 平均可比。")

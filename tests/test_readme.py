@@ -23,6 +23,25 @@ def test_readme_and_results_page_agree_with_committed_results():
     assert ur.main(["--check"]) == 0, "run: python -m study.pages"
 
 
+def test_the_summary_takes_protocol_3_s_numbers_for_the_methods_it_has_finished(tmp_path):
+    import pandas as pd
+
+    root = copy_project(tmp_path)
+    v3 = root / "results" / "v3"
+    methods = pd.read_csv(v3 / "methods.csv", index_col="method").loc[["frozen", "bitfit", "full"]]
+    methods["of"] = methods["seeds"]  # these three complete, LoRA not started
+    methods.loc["bitfit", ["acc_mean", "acc_std"]] = [71.25, 1.5]
+    methods.to_csv(v3 / "methods.csv")
+    readme = ur.render(root)["README.md"]
+    assert "`bitfit` 71.2 ± 1.5（5 個 seed）" in readme
+    assert "（跨 seed）`lora` " in readme and "（跨 seed）`bitfit`" not in readme  # protocol 2 only for LoRA
+    assert "到同一 validation 成績的訓練時間 BitFit / Full FT" in readme and "要訓練多久" not in readme
+    methods.loc["lora"] = methods.loc["full"]  # LoRA complete too: no protocol 2 number is left to show
+    methods.to_csv(v3 / "methods.csv")
+    readme = ur.render(root)["README.md"]
+    assert "協定 2，舊規則：最多 6 個 epoch，seed 0 也在回報裡；離線 MiniLM" not in readme and "`lora` " in readme
+
+
 @pytest.mark.parametrize("path, old, new, shown", [
     ("results/v1/curve.md", "| bitfit | 0.10 | 81.5 |", "| bitfit | 0.10 | 81.6 |", "| bitfit | 0.10 | 81.6 |"),
     ("results/bench_cpu.json", '"bitfit": 1924.72820850071', '"bitfit": 1927.0', "| 0.682（1,927 / 2,825 ms） |"),
@@ -73,6 +92,8 @@ def test_pages_show_the_study_tables_once_they_are_written(tmp_path):
     from study.p2_report import report
 
     root = copy_project(tmp_path)
+    for name in ("methods.csv", "tta.csv"):  # protocol 3 with no method complete: the summary shows protocol 2's
+        (root / "results" / "v3" / name).unlink(missing_ok=True)
     results = root / "results" / "v2"  # protocol 2's folder
     for done in [*(results / "runs").glob("*.json"), *(results / name for name in ("runs.csv", "grid.csv", "grid.md"))]:
         done.unlink(missing_ok=True)  # start from a study with no finished run, whatever is committed
