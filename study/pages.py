@@ -245,6 +245,10 @@ def v1_block(results: Path) -> str:
 #: Protocol 2's rule, said wherever one of its numbers is shown (protocol 3 replaces them when it is done).
 
 
+#: The end of the summary's protocol 3 line while protocol 2's line below still shows some methods.
+P2_TAIL = "其他的，在它跑完之前，是下面協定 2 的數字。"
+
+
 def v3_complete_methods(folder: Path) -> str:
     """Protocol 3's numbers for the methods whose reported seeds are all in (dev accuracy, and BitFit / Full FT
     time-to-accuracy once both are complete); ``""`` while none is."""
@@ -276,7 +280,7 @@ def summary_block(results: Path) -> str:
     hours = sum(spent_hours(results / "v3").values())
     out = [f"* **方法比較，協定 3**（訓練到 validation MCC 不再進步，上限 {MAX_EPOCHS} 個 epoch；seed 0 只挑學習率）：進行中，"
            f"完成 {len(v3)} / {len(plan(v3))} 個 run（{hours:.1f} 機器小時），表格在 results/README.md 第 0 節。"
-           + v3_complete_methods(results / "v3") + "其他的，在它跑完之前，是下面協定 2 的數字。"]
+           + v3_complete_methods(results / "v3") + P2_TAIL]
     runs = p2.read_runs(results / "v2")
     planned = p2.plan(runs)
     done = {r["name"] for r in runs}
@@ -311,6 +315,8 @@ def summary_block(results: Path) -> str:
         out.append(f"* **要訓練多久**（協定 2，{P2_RULE_ZH}；只有 seed 0）："
                    f"validation 到多數類加 5 分，{ratio('majority_plus_5')}；到 Full FT 的最好成績，{ratio('full_ft_best')}。")
     out = [line for line in out if line]
+    if not any(line.startswith("* **方法比較**（") for line in out[1:]):  # no protocol 2 number left to point at
+        out[0] = out[0].replace(P2_TAIL, "")
     out.append("* 完整的表格與圖、舊研究（v1）的訓練集大小曲線與逐組偏置、效能剖析、講義說法的逐條檢驗："
                "[`results/README.md`](results/README.md)。")
     return "\n".join(out)

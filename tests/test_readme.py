@@ -40,6 +40,7 @@ def test_the_summary_takes_protocol_3_s_numbers_for_the_methods_it_has_finished(
     methods.to_csv(v3 / "methods.csv")
     readme = ur.render(root)["README.md"]
     assert "協定 2，舊規則：最多 6 個 epoch，seed 0 也在回報裡；離線 MiniLM" not in readme and "`lora` " in readme
+    assert ur.P2_TAIL not in readme  # nothing below to point at
 
 
 @pytest.mark.parametrize("path, old, new, shown", [
