@@ -31,7 +31,7 @@ from lab.registry import HEADLINE, METHODS
 from study import p2_protocol as p2
 from study.page_inputs import P2_RULE_ZH, V1_RULE, bench, csv, machine, md
 from study.pages_perf import claims_block, perf_block
-from study.pages_v3 import v3_block
+from study.pages_v3 import complete_methods, tta_summary, v3_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,20 +252,14 @@ P2_TAIL = "其他的，在它跑完之前，是下面協定 2 的數字。"
 def v3_complete_methods(folder: Path) -> str:
     """Protocol 3's numbers for the methods whose reported seeds are all in (dev accuracy, and BitFit / Full FT
     time-to-accuracy once both are complete); ``""`` while none is."""
-    from study.report import tta_ratios
-
-    methods = csv(folder / "methods.csv", "method")
-    if methods is None:
-        return ""
-    done = [m for m in methods.index if methods.seeds[m] >= methods["of"][m]]
+    done = complete_methods(folder)
     if not done:
         return ""
+    methods = csv(folder / "methods.csv", "method")
     said = ("跑完全部 seed 的（dev accuracy 平均 ± 標準差）：" + "；".join(
         f"`{m}` {methods.acc_mean[m]:.1f} ± {methods.acc_std[m]:.1f}（{int(methods.seeds[m])} 個 seed）" for m in done) + "。")
-    tta = csv(folder / "tta.csv", "method")
-    if tta is not None and {"bitfit", "full"} <= set(done):
-        rows = tta.reset_index().to_dict("records")
-        r = {t: tta_ratios(rows, t) for t in ("majority_plus_5", "full_ft_median_best")}
+    r = tta_summary(folder)
+    if r is not None:
         span = lambda t: f"{r[t]['median_ratio']:.2f}（各 seed {r[t]['min_ratio']:.2f}–{r[t]['max_ratio']:.2f}）"  # noqa: E731
         said += (f"到同一 validation 成績的訓練時間 BitFit / Full FT：多數類加 5 分 {span('majority_plus_5')}，"
                  f"Full FT 的最好成績 {span('full_ft_median_best')}。")
@@ -280,15 +274,14 @@ def summary_block(results: Path) -> str:
     hours = sum(spent_hours(results / "v3").values())
     out = [f"* **方法比較，協定 3**（訓練到 validation MCC 不再進步，上限 {MAX_EPOCHS} 個 epoch；seed 0 只挑學習率）：進行中，"
            f"完成 {len(v3)} / {len(plan(v3))} 個 run（{hours:.1f} 機器小時），表格在 results/README.md 第 0 節。"
-           + v3_complete_methods(results / "v3") + P2_TAIL]
+           + v3_complete_methods(results / "v3")]
     runs = p2.read_runs(results / "v2")
     planned = p2.plan(runs)
     done = {r["name"] for r in runs}
     n_done = sum(s["name"] in done for s in planned)
     methods = csv(results / "v2" / "methods.csv", "method")
     if methods is not None:  # the methods protocol 3 has not finished yet
-        v3 = csv(results / "v3" / "methods.csv", "method")
-        v3_done = set() if v3 is None else {m for m in v3.index if v3.seeds[m] >= v3["of"][m]}
+        v3_done = set(complete_methods(results / "v3"))
         shown = [m for m in ("bitfit", "full", "lora", "frozen") if m in methods.index and m not in v3_done]
         cells = "；".join(f"`{m}` {methods.acc_mean[m]:.1f}"
                          + ("" if math.isnan(methods.acc_std[m]) else f" ± {methods.acc_std[m]:.1f}")
@@ -310,13 +303,13 @@ def summary_block(results: Path) -> str:
                    f"（{m['inference']:.2f} 倍），bias pack 是完整 checkpoint 的 "
                    f"{m['pack_share'][0]:.2f} %。")
     tta = csv(results / "v2" / "tta.csv", "target")
-    if tta is not None and "的訓練時間" not in out[0]:  # protocol 3's per-seed ratios replace seed 0's
+    if tta is not None and tta_summary(results / "v3") is None:  # protocol 3's per-seed ratios replace seed 0's
         ratio = lambda t: "BitFit 沒到" if math.isnan(tta.ratio[t]) else f"BitFit / Full FT = {tta.ratio[t]:.2f}"  # noqa: E731
         out.append(f"* **要訓練多久**（協定 2，{P2_RULE_ZH}；只有 seed 0）："
                    f"validation 到多數類加 5 分，{ratio('majority_plus_5')}；到 Full FT 的最好成績，{ratio('full_ft_best')}。")
     out = [line for line in out if line]
-    if not any(line.startswith("* **方法比較**（") for line in out[1:]):  # no protocol 2 number left to point at
-        out[0] = out[0].replace(P2_TAIL, "")
+    if len(out) > 1 and out[1].startswith("* **方法比較**（"):  # protocol 2's line below still shows some methods
+        out[0] += P2_TAIL
     out.append("* 完整的表格與圖、舊研究（v1）的訓練集大小曲線與逐組偏置、效能剖析、講義說法的逐條檢驗："
                "[`results/README.md`](results/README.md)。")
     return "\n".join(out)

@@ -192,13 +192,12 @@ def _ablation(results: Path):
 
 def v3_tta_ratio(folder: Path) -> str:
     """Protocol 3's time to Full FT's median best, BitFit / Full FT, once both have all their seeds; else ``""``."""
-    from study.report import tta_ratios
+    from study.pages_v3 import tta_summary
 
-    methods, tta = csv(folder / "methods.csv", "method"), csv(folder / "tta.csv", "method")
-    if methods is None or tta is None or not {"bitfit", "full"} <= set(methods.index) or \
-            any(methods.seeds[m] < methods["of"][m] for m in ("bitfit", "full")):
+    ratios = tta_summary(folder)
+    if ratios is None:
         return ""
-    r = tta_ratios(tta.reset_index().to_dict("records"), "full_ft_median_best")
+    r = ratios["full_ft_median_best"]
     return (f"整段訓練要到 Full FT 在 validation 上最好成績的中位數，BitFit / Full FT 的時間 = {r['median_ratio']:.2f}"
             f"（協定 3，每個 BitFit seed 對 Full FT 的中位數 seed：{r['min_ratio']:.2f}–{r['max_ratio']:.2f}）。")
 

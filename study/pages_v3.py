@@ -62,6 +62,23 @@ def _kept_at_cap(folder: Path) -> str:
     return f"留下的 epoch 碰到上限（{MAX_EPOCHS}）的 run：" + "、".join(hit) + "。"
 
 
+def complete_methods(folder: Path) -> list[str]:
+    """The methods of ``methods.csv`` whose planned reported seeds are all in, in the table's order."""
+    methods = csv(folder / "methods.csv", "method")
+    return [] if methods is None else [m for m in methods.index if methods.seeds[m] >= methods["of"][m]]
+
+
+def tta_summary(folder: Path) -> dict[str, dict[str, float]] | None:
+    """``study.report.tta_ratios`` per target once BitFit and Full FT have all their seeds; None before."""
+    from study.report import tta_ratios
+
+    tta = csv(folder / "tta.csv", "method")
+    if tta is None or not {"bitfit", "full"} <= set(complete_methods(folder)):
+        return None
+    rows = tta.reset_index().to_dict("records")
+    return {t: tta_ratios(rows, t) for t in ("majority_plus_5", "full_ft_median_best")}
+
+
 def v3_caveats(folder: Path) -> str | None:
     """What protocol 3 cannot rule out, computed from its tables: a chosen rate at the edge of its grid, a run
     the cap stopped while it might still improve, and the head read through an untrained pooler."""
