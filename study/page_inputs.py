@@ -41,6 +41,17 @@ def csv(path: Path, index: str):
     return pd.read_csv(path, index_col=index) if path.exists() else None
 
 
+def grid_edge(rows) -> str | None:
+    """The note for one method's grid rows (columns ``lr`` and ``chosen``) when its chosen rate is the
+    grid's largest or smallest (a rate beyond it was never tried); None when it is inside, or not chosen yet."""
+    chosen = rows[rows.chosen.astype(bool)]
+    if chosen.empty or len(rows) < 2:
+        return None
+    lr = float(chosen.lr.iloc[0])
+    edge = "最大" if lr == rows.lr.max() else "最小" if lr == rows.lr.min() else None
+    return f"選定的學習率 {lr:g} 是格點中{edge}的，{'更大' if edge == '最大' else '更小'}的學習率沒有試過" if edge else None
+
+
 def machine(text: str) -> str:
     """bench_bitfit.py's machine field ('x86_64, 2 cores, cuda: NVIDIA H200') in the page's words."""
     m = re.fullmatch(r"(.*), (\d+) cores, (.*)", text)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from lab.registry import HEADLINE, METHODS
 from study import p2_protocol as p2
-from study.page_inputs import P2_RULE_ZH, V1_RULE, bench, csv, machine, md
+from study.page_inputs import P2_RULE_ZH, V1_RULE, bench, csv, grid_edge, machine, md
 from study.pages_perf import claims_block, perf_block
 from study.pages_v3 import complete_methods, tta_summary, v3_block
 
@@ -141,12 +141,9 @@ def grid_caveats(results: Path) -> str | None:
         return None
     lines = []
     for method, rows in grid.groupby(level=0):
-        chosen = rows[rows.chosen.astype(bool)]
-        if chosen.empty:
+        if rows[rows.chosen.astype(bool)].empty:
             continue
-        lr = float(chosen.lr.iloc[0])
-        edge = "最大" if lr == rows.lr.max() else "最小" if lr == rows.lr.min() else None
-        notes = [f"選定的學習率 {lr:g} 是格點中{edge}的，{'更大' if edge == '最大' else '更小'}的學習率沒有試過"] if edge else []
+        notes = [note] if (note := grid_edge(rows)) else []
         if methods is not None and method in methods.index:
             kept = [float(k) for k in str(methods.loc[method, "kept_epochs"]).split()]
             most = float(methods.loc[method, "max_epochs"])

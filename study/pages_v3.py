@@ -8,7 +8,7 @@ from pathlib import Path
 from lab.registry import HEADLINE, METHODS
 from lab.selection import MAX_EPOCHS, PATIENCE
 from lab.tasks import TASKS
-from study.page_inputs import csv, md
+from study.page_inputs import csv, grid_edge, md
 
 NOT_YET = "（還沒有：這一部分的 run 還在跑。）"
 
@@ -88,13 +88,8 @@ def v3_caveats(folder: Path) -> str | None:
     lines = []
     if grid is not None:
         for method, rows in grid.groupby(level=0):
-            chosen = rows[rows.chosen.astype(bool)]
-            if chosen.empty or len(rows) < 2:
-                continue
-            lr = float(chosen.lr.iloc[0])
-            edge = "最大" if lr == rows.lr.max() else "最小" if lr == rows.lr.min() else None
-            if edge:
-                lines.append(f"* `{method}` 選定的學習率 {lr:g} 是格點中{edge}的，{'更大' if edge == '最大' else '更小'}的沒有試過。")
+            if note := grid_edge(rows):
+                lines.append(f"* `{method}`：{note}。")
     if runs is not None:
         runs = runs[(runs.part != "cost") & ~runs.quick.astype(bool)]
         capped = runs[(runs.last_epoch >= runs.max_epochs) & (runs.last_epoch - runs.kept_epoch < PATIENCE)]

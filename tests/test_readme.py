@@ -140,6 +140,22 @@ def test_readme_is_short_and_gives_no_exercise_answer_away():
     assert not re.search(r"(?<![\w/])lab_(setup|checks)\.py", readme)  # now lab/setup.py and lab/checks.py
 
 
+def test_grid_edge_names_the_side_of_the_grid_the_chosen_rate_sits_on():
+    import pandas as pd
+
+    from study.page_inputs import grid_edge
+
+    def rows(chosen):
+        lrs = [3e-4, 1e-3, 3e-3][:len(chosen)]
+        return pd.DataFrame({"lr": lrs, "chosen": chosen})
+
+    assert grid_edge(rows([True, False, False])) == "選定的學習率 0.0003 是格點中最小的，更小的學習率沒有試過"
+    assert grid_edge(rows([False, False, True])) == "選定的學習率 0.003 是格點中最大的，更大的學習率沒有試過"
+    assert grid_edge(rows([False, True, False])) is None   # inside the grid
+    assert grid_edge(rows([False, False, False])) is None  # grid not finished: nothing chosen yet
+    assert grid_edge(rows([True])) is None                  # one rate is no grid: no side to name
+
+
 def test_grid_caveats_flag_a_rate_at_the_grid_edge_and_a_best_epoch_that_is_the_last(tmp_path):
     v2 = tmp_path / "v2"  # protocol 2's tables
     v2.mkdir()
