@@ -269,8 +269,10 @@ def summary_block(results: Path) -> str:
 
     v3 = read_runs(results / "v3")
     hours = sum(spent_hours(results / "v3").values())
-    out = [f"* **方法比較，協定 3**（訓練到 validation MCC 不再進步，上限 {MAX_EPOCHS} 個 epoch；seed 0 只挑學習率）：進行中，"
-           f"完成 {len(v3)} / {len(plan(v3))} 個 run（{hours:.1f} 機器小時），表格在 results/README.md 第 0 節。"
+    n_planned = len(plan(v3))
+    status = f"進行中，完成 {len(v3)} / {n_planned} 個 run" if len(v3) < n_planned else f"完成，全部 {n_planned} 個 run"
+    out = [f"* **方法比較，協定 3**（訓練到 validation MCC 不再進步，上限 {MAX_EPOCHS} 個 epoch；seed 0 只挑學習率）："
+           f"{status}（{hours:.1f} 機器小時），表格在 results/README.md 第 0 節。"
            + v3_complete_methods(results / "v3")]
     runs = p2.read_runs(results / "v2")
     planned = p2.plan(runs)

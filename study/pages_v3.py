@@ -28,8 +28,9 @@ def v3_progress(folder: Path) -> str:
     cut = sorted(r["name"] for r in retired_runs(folder))
     redo = (f"上限從 20 提高到 {MAX_EPOCHS} 之後，被舊上限截斷的 run 重跑（{'、'.join(cut)}；舊的留在 `runs/retired/`，"
             "時間算在內）；在舊上限前就停下的 run 不受上限影響，照舊算。") if cut else ""
-    return (f"**進行中**：完成 {len(runs)} 個 run，計畫中還有 {len(left)} 個（`python -m study.run --plan` 列出每一個與估計時間）；"
-            f"目前用了 {hours}。分類頭：{head or '還沒決定'}。" + redo + budget_sentence(folder))
+    status = (f"**進行中**：完成 {len(runs)} 個 run，計畫中還有 {len(left)} 個（`python -m study.run --plan` 列出每一個與估計時間）；"
+              if left else f"**完成**：計畫中的 {len(runs)} 個 run 都跑完了；")
+    return (status + f"{'目前' if left else '共'}用了 {hours}。分類頭：{head or '還沒決定'}。" + redo + budget_sentence(folder))
 
 
 def budget_sentence(folder: Path) -> str:
