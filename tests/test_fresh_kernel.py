@@ -7,7 +7,12 @@ setup cell, data, model, a BitFit training and the saved pack), and every ``lab`
 there. Both run on a copy of the project in a temporary folder, never on the committed notebooks.
 
 The rest of 02 runs to the end under nbval in the test environment; this test asserts that the kernel
-01 built holds exactly the same packages and versions, so that run stands for this kernel too.
+01 built holds exactly the same packages and versions, so that run stands for this kernel too. Both
+environments come from the package index minutes apart, and a release in between (it happened: pandas
+3.1.1 then 3.1.2) would make them differ for a reason that is not 01's; so the new environment installs
+under the test environment's versions as pip constraints (``-c`` and ``PIP_CONSTRAINT``, which 01's pip
+inherits). Constraints install nothing: 01 still has to install every package itself, and a package it
+leaves out or adds still shows.
 """
 
 import json
@@ -63,6 +68,14 @@ def _requirement_closure(names) -> set[str]:
     return seen
 
 
+def _constraints(path) -> str:
+    """Write the test environment's versions as a pip constraints file (pip's own tools left free)."""
+    listed = json.loads(_run([sys.executable, "-m", "pip", "list", "--format", "json"]).stdout)
+    path.write_text("".join(f"{p['name']}=={p['version']}\n" for p in listed
+                            if ls.normalize(p["name"]) not in INSTALLERS))
+    return str(path)
+
+
 def _outputs(cell):
     return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
 
@@ -81,7 +94,8 @@ def _check(tmp_path, mrpc_dir):
     venv = tmp_path / "venv"
     python = str(venv / "bin" / "python")
     _run([sys.executable, "-m", "venv", str(venv)])
-    _run([python, "-m", "pip", "install", "-q", "jupyter", "ipykernel"])
+    constraints = _constraints(tmp_path / "constraints.txt")
+    _run([python, "-m", "pip", "install", "-q", "-c", constraints, "jupyter", "ipykernel"])
     _run([python, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL])
     bare = _packages(python)
     assert "torch" not in bare and "transformers" not in bare and "numpy" not in bare
@@ -89,7 +103,7 @@ def _check(tmp_path, mrpc_dir):
 
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
-               BITFIT_QUICK="1", BITFIT_DATA_DIR=str(mrpc_dir))
+               BITFIT_QUICK="1", BITFIT_DATA_DIR=str(mrpc_dir), PIP_CONSTRAINT=constraints)
 
     def execute(name, out):
         _run([str(venv / "bin" / "jupyter"), "nbconvert", "--to", "notebook", "--execute", name,
