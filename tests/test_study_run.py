@@ -160,6 +160,10 @@ def test_other_tasks_get_their_own_metric_and_02_gets_the_recipe(tmp_path):
     cola = tasks.loc["cola"]
     assert cola["metric"] == "dev mcc" and cola["mean"] == pytest.approx(0.5) and cola["per_seed"] == "0.400 0.500 0.600"
     assert set(tasks.loc["mrpc", "method"]) == {"bitfit", "full"}
+    shown = (tmp_path / "tasks.md").read_text()  # each row's mean and std with its metric's decimals
+    assert "| cola | bitfit | dev mcc |" in shown and "| 0.500 | 0.100 | 0.400 0.500 0.600 |" in shown
+    mrpc = tasks.loc["mrpc"].set_index("method").loc["bitfit"]
+    assert f"| {mrpc['mean']:.1f} | {mrpc['std']:.1f} | {mrpc['per_seed']} |" in shown
     recipe = json.loads((tmp_path / "recipe.json").read_text())
     assert recipe["head"] == "mean" and recipe["patience"] == sr.PATIENCE and recipe["max_epochs"] == sr.MAX_EPOCHS
     bitfit = recipe["methods"]["bitfit"]
