@@ -46,6 +46,11 @@ def study_shown(results_dir: str | os.PathLike = STUDY_DIR, older: str | os.Path
     return (str(results_dir), "protocol 3") if done else (str(older), P2_RULE)
 
 
+def _per_seed_pairs(kept: object, last: object) -> str:
+    """``"17 14 23"`` and ``"20 17 26"`` (one number per seed, as methods.csv holds them) as ``"17/20 14/17 23/26"``."""
+    return " ".join(f"{k}/{l}" for k, l in zip(str(kept).split(), str(last).split()))
+
+
 def headline(results_dir: str | os.PathLike = STUDY_DIR):
     """The study's headline table (``methods.csv``) in the notebook's words, or None when it is not there."""
     import pandas as pd
@@ -54,7 +59,7 @@ def headline(results_dir: str | os.PathLike = STUDY_DIR):
     if not path.is_file():
         return None
     table = pd.read_csv(path, index_col="method")
-    epochs = ({"kept / last epochs (per seed)": [f"{k} / {l}" for k, l in zip(table["kept_epochs"], table["last_epochs"])]}
+    epochs = ({"kept / last epoch (per seed)": [_per_seed_pairs(k, l) for k, l in zip(table["kept_epochs"], table["last_epochs"])]}
               if "last_epochs" in table else {"max epochs": table["max_epochs"],
                                               "kept epochs (per seed)": table["kept_epochs"].astype(str)})
     shown = pd.DataFrame({

@@ -105,6 +105,16 @@ def test_headline_and_its_sentences_say_what_the_table_holds(results):
     assert "LoRA" in said[-1] and "還沒跑完" in said[-1]  # lora and beft have no rows: said so
 
 
+def test_protocol_3s_headline_pairs_each_seeds_kept_and_last_epoch(tmp_path):
+    columns = {"lr": [3e-4], "trainable_pct": [0.118], "checkpoint_mb": [0.116], "seeds": [3], "acc_mean": [77.7],
+               "acc_std": [1.1], "f1_mean": [84.9], "f1_std": [0.5], "acc_per_seed": ["77.0 78.9 77.2"],
+               "kept_epochs": ["17 14 23"], "last_epochs": ["20 17 26"]}
+    pd.DataFrame(columns, index=pd.Index(["bitfit"], name="method")).to_csv(tmp_path / "methods.csv")
+    table = headline(tmp_path)
+    assert table.loc["BitFit", "kept / last epoch (per seed)"] == "17/20 14/17 23/26"
+    assert table.loc["BitFit", "dev accuracy"] == "77.7 ± 1.1"
+
+
 @pytest.mark.parametrize("protocol, expected", [(3, 0.2), (2, 0.15), (None, 0.15)])
 def test_frozen_mcc_counts_the_grid_seed_only_where_the_protocol_reported_it(tmp_path, protocol, expected):
     """Protocol 3 reports seeds 1..N (its grid at seed 0 only chose the rate); protocol 2 reported seed 0 too."""
