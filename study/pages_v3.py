@@ -48,9 +48,11 @@ def budget_sentence(folder: Path) -> str:
             runs = [(r, "") for r in read_runs(folder)] + [(r, "，舊上限下的一次") for r in retired_runs(folder)]
             top = sorted((x for x in runs if stage_of(x[0]) == stage and not x[0].get("quick")),
                          key=lambda x: machine_seconds(x[0]), reverse=True)[:3]
-            line += (f"，超出 {total - v['budget']:.1f}：停止規則沒有低上限，學得慢的組合就跑得久（最久的 " +
-                     "；".join(f"{r['name']}：{int(r['last_epoch'])} 個 epoch，{machine_seconds(r) / 3600:.1f} 小時{old}"
-                              for r, old in top) + "）；研究照樣跑完")
+            line += f"，超出 {total - v['budget']:.1f}：停止規則沒有低上限，學得慢的組合就跑得久"
+            line += ("（最久的 " + "；".join(f"{r['name']}：{int(r['last_epoch'])} 個 epoch，"
+                                           f"{machine_seconds(r) / 3600:.1f} 小時{old}" for r, old in top) + "）"
+                     if top else "（這部分還沒有跑完的 run：用 MRPC 各方法每個 epoch 的花費與 epoch 數估計的）")
+            line += "；研究照樣跑完"
         said.append(line)
     return "預算：" + "；".join(said) + "。"
 
@@ -127,8 +129,9 @@ def tasks_sentence() -> str:
     """How the other tasks are run: their training sets, seeds and rates, and why (``study.run``'s settings)."""
     from study.run import TASK_METHODS, TASK_SEEDS, TASK_STUDY
 
-    sizes = "、".join(f"{TASKS[t].title} " + (f"抽 {n:,} 個訓練例（分層抽樣，每個方法、每個 seed 同一批，"
-                                               "讓一個 epoch 的花費接近 MRPC 的）" if n else "用整個訓練集")
+    sizes = "、".join(f"{TASKS[t].title} " + (f"從訓練集抽 {n:,} 個例子（分層抽樣，每個方法、每個 seed 同一批，"
+                                               "讓一個 epoch 的花費接近 MRPC 的；validation 也從這些裡切出，"
+                                               "表中的 train_examples 是剩下的訓練例）" if n else "用整個訓練集")
                      for t, n in TASK_STUDY.items())
     methods = "、".join(METHODS[m].label or m for m in TASK_METHODS)
     return (f"其他任務：{sizes}；{methods} 各跑 seed 1–{TASK_SEEDS}，用 MRPC 選出的分類頭與學習率，不另跑格點"

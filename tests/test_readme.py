@@ -210,3 +210,18 @@ def test_bench_figures_read_from_text_agree_with_those_computed_from_json(tmp_pa
         elif isinstance(value, float):
             assert got[key] == pytest.approx(value, abs=6e-4), key
     assert got["step_ms"] == pytest.approx(want["step_ms"], abs=0.051)
+
+
+def test_the_budget_sentence_names_the_costliest_runs_or_says_the_overrun_is_only_estimated(monkeypatch):
+    from study import pages_v3
+    from study import run as study_run
+
+    folder = ROOT / "results" / "v3"
+    stages = {"mrpc": {"spent": 19.8, "left": 0.0, "budget": 9.0}, "tasks": {"spent": 0.0, "left": 4.6, "budget": 4.0}}
+    mrpc_runs = [r for r in study_run.read_runs(folder) if study_run.stage_of(r) == "mrpc"]  # no task run finished
+    monkeypatch.setattr(study_run, "estimate", lambda folder, quick=False: ([], stages))
+    monkeypatch.setattr(study_run, "read_runs", lambda folder: mrpc_runs)
+    said = pages_v3.budget_sentence(folder)
+    mrpc, tasks = said.split("；其他任務")
+    assert "超出 10.8" in mrpc and "（最久的 " in mrpc and "個 epoch" in mrpc  # finished runs: the costliest named
+    assert "超出 0.6" in tasks and "還沒有跑完的 run" in tasks and "估計" in tasks and "最久的" not in tasks
