@@ -135,15 +135,16 @@ def task_table(runs: list[dict], chosen: dict[str, float]):
     return pd.DataFrame(rows).set_index("task") if rows else pd.DataFrame()
 
 
-def task_markdown(table) -> str:
-    """``task_table`` as markdown: mean and std with their metric's decimals on each row (0.512, 76.0)."""
+def task_markdown(table, digits: dict[str, int]) -> str:
+    """``task_table`` as markdown: mean and std with their metric's decimals on each row (0.512, 76.0), the other
+    columns with ``digits`` as :func:`markdown`."""
     shown = table.astype({"mean": object, "std": object})
     for i, row in enumerate(table.itertuples(index=False)):
-        digits = 3 if row.metric.endswith("mcc") else 1
+        places = 3 if row.metric.endswith("mcc") else 1
         for column in ("mean", "std"):
             value = getattr(row, column)
-            shown.iloc[i, table.columns.get_loc(column)] = value if value != value else f"{value:.{digits}f}"
-    return markdown(shown, {"stored_mb": 3})
+            shown.iloc[i, table.columns.get_loc(column)] = value if value != value else f"{value:.{places}f}"
+    return markdown(shown, digits)
 
 
 def recipe(runs: list[dict], head: str | None, chosen: dict[str, float]) -> dict:
@@ -265,7 +266,7 @@ def report(folder: Path = RESULTS) -> None:
                                 ("tasks", task_table(every, chosen), {"stored_mb": 3})):
         if not table.empty:
             table.to_csv(folder / f"{name}.csv")
-            (folder / f"{name}.md").write_text(task_markdown(table) if name == "tasks" else markdown(table, digits))
+            (folder / f"{name}.md").write_text((task_markdown if name == "tasks" else markdown)(table, digits))
             written.append(f"{name}.md")
     rows, targets = tta_rows(runs, chosen)
     if rows and any(r["method"] == "full" for r in rows) and cost_per_epoch(runs):
