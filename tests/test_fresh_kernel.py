@@ -68,11 +68,9 @@ def _requirement_closure(names) -> set[str]:
     return seen
 
 
-def _constraints(path) -> str:
-    """Write the test environment's versions as a pip constraints file (pip's own tools left free)."""
-    listed = json.loads(_run([sys.executable, "-m", "pip", "list", "--format", "json"]).stdout)
-    path.write_text("".join(f"{p['name']}=={p['version']}\n" for p in listed
-                            if ls.normalize(p["name"]) not in INSTALLERS))
+def _constraints(path, packages: dict[str, str]) -> str:
+    """Write ``packages`` (name: version) as a pip constraints file, pip's own tools left free."""
+    path.write_text("".join(f"{name}=={version}\n" for name, version in packages.items() if name not in INSTALLERS))
     return str(path)
 
 
@@ -94,7 +92,8 @@ def _check(tmp_path, mrpc_dir):
     venv = tmp_path / "venv"
     python = str(venv / "bin" / "python")
     _run([sys.executable, "-m", "venv", str(venv)])
-    constraints = _constraints(tmp_path / "constraints.txt")
+    tests = _packages(sys.executable)
+    constraints = _constraints(tmp_path / "constraints.txt", tests)
     _run([python, "-m", "pip", "install", "-q", "-c", constraints, "jupyter", "ipykernel"])
     _run([python, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL])
     bare = _packages(python)
@@ -124,7 +123,6 @@ def _check(tmp_path, mrpc_dir):
     facts = ls.gather_facts(project)
     assert not ls.unmet(facts.requirements, installed)
 
-    tests = _packages(sys.executable)
     test_only = _requirement_closure([n for n, why in ls.NOT_FOR_KERNEL.items() if "run.sh test" in why])
     differ = {n: (installed.get(n), tests.get(n)) for n in set(installed) | set(tests) - test_only - INSTALLERS
               if n not in INSTALLERS and installed.get(n) != tests.get(n)}
