@@ -23,7 +23,7 @@ import torch
 #: What the handout and the paper say moves most: query and intermediate (FFN-in).
 CLAIMED_GROUPS: tuple[str, ...] = ("query", "intermediate")
 #: How the sentences cite the claim.
-SOURCE = "the handout (3.2) and Ben Zaken et al. (2022)"
+SOURCE = "講義（3.2 節）與 Ben Zaken 等人（2022）"
 
 
 def pack_changes(base_biases: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor],
@@ -169,23 +169,21 @@ def consistency_sentence(result: Consistency, titles: Mapping[str, str] | None =
         titles: how to write each task (e.g. ``{"sst2": "SST-2"}``); default: the task names.
     """
     name = lambda t: (titles or {}).get(t, t)  # noqa: E731
-    both = lambda groups: " and ".join(groups)  # noqa: E731
-    tasks = ", ".join(name(t) for t in result.tasks)
+    both = lambda groups: " 與 ".join(groups)  # noqa: E731
+    tasks = "、".join(name(t) for t in result.tasks)
     k = len(next(iter(result.top.values())))
-    claim = f"{both(result.claimed)}, which {SOURCE} say move most,"
     rho = ("" if result.min_rank_correlation != result.min_rank_correlation
-           else f" The groups' rank orders agree between any two tasks with Spearman's rho >= "
-                f"{result.min_rank_correlation:.2f}.")
+           else f"任兩個任務之間，各組的排名順序 Spearman's rho ≥ {result.min_rank_correlation:.2f}。")
     if result.answer:
-        return (f"Yes: on every task ({tasks}) the {k} bias groups that moved most, averaged over the encoder "
-                f"layers, are {both(result.claimed)}, as {SOURCE} say.{rho}")
-    per_task = "; ".join(f"{name(t)}: {', '.join(g)}" for t, g in result.top.items())
+        return (f"是：每個任務（{tasks}）在編碼器各層平均下變化最大的 {k} 組偏置都是 {both(result.claimed)}，"
+                f"與{SOURCE}說的一致。{rho}")
+    per_task = "；".join(f"{name(t)}：{'、'.join(g)}" for t, g in result.top.items())
     if result.same_top:
-        return (f"No: the same {k} groups moved most on every task ({per_task}), but they are not "
-                f"{claim[:-1]}.{rho}")
+        return (f"否：每個任務變化最大的 {k} 組相同（{per_task}），但不是{SOURCE}說變化最大的 "
+                f"{both(result.claimed)}。{rho}")
     agree = sum(result.matches_claim.values())
-    return (f"No: the {k} groups that moved most differ between tasks ({per_task}); {claim} are the top "
-            f"{k} on {agree} of {len(result.tasks)} tasks.{rho}")
+    return (f"否：各任務變化最大的 {k} 組不同（{per_task}）；{SOURCE}說變化最大的 {both(result.claimed)}，"
+            f"在 {len(result.tasks)} 個任務中只有 {agree} 個排在前 {k}。{rho}")
 
 
 def plot_consistency(changes_by_task: Mapping[str, object], titles: Mapping[str, str] | None = None,

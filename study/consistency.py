@@ -33,8 +33,8 @@ from lab.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The figure to compare with, named under the table.
-PAPER_FIGURE = ("For comparison: Ben Zaken et al. (2022), Figure 1, the change of each bias component per layer after "
-                "BitFit on BERT-base, where the query and the middle-of-MLP (intermediate) biases change most.")
+PAPER_FIGURE = ("對照：Ben Zaken 等人（2022）的圖 1，BERT-base 做 BitFit 之後每層各組偏置的變化量，"
+                "其中 query 與 MLP 中間層（intermediate）的偏置變化最大。")
 #: The packs of the study's reported runs (``study.run``'s names): MRPC's seeds, the other tasks' seeds.
 REPORTED = ("seeds-bitfit-*", "*-task-bitfit-*")
 
@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None, base_model: nn.Module | None = None) -> 
              "profiles": {t: {g: float(v) for g, v in p.items()} for t, p in profiles.items()}}
     (args.out / "consistency.json").write_text(json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
     groups = list(result.groups)
-    lines = [sentence, "", "Mean change per entry over the encoder layers (lab.analysis.bias_changes, a task's "
-             "packs averaged), largest first per task:", "",
+    lines = [sentence, "", "每組偏置每個元素的平均變化量，對編碼器各層取平均（`lab.analysis.bias_changes`；"
+             "同一任務的幾個 pack 再取平均；`packs` 是用到的 pack 數）：", "",
              "| task | packs | " + " | ".join(groups) + " |", "|---|---:|" + "---:|" * len(groups)]
     for t in result.tasks:
         lines.append(f"| {titles[t]} | {len(used[t])} | " + " | ".join(f"{profiles[t][g]:.2e}" for g in groups) + " |")
-    lines += ["", "![bias change per task](consistency.png)", "", PAPER_FIGURE, ""]
+    lines += ["", "![各任務每層各組偏置的變化量](consistency.png)", "", PAPER_FIGURE, ""]
     (args.out / "consistency.md").write_text("\n".join(lines))
     print(sentence)
     print(f"wrote {args.out / 'consistency.png'}, consistency.json, consistency.md ({sum(map(len, used.values()))} packs)")

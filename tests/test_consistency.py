@@ -52,7 +52,7 @@ def test_yes_when_query_and_intermediate_move_most_on_every_task():
     assert result.answer and result.same_top and all(result.matches_claim.values())
     assert set(result.top["sst2"]) == {"query", "intermediate"}
     sentence = consistency_sentence(result, {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA"})
-    assert sentence.startswith("Yes: on every task (MRPC, SST-2, CoLA)") and "query and intermediate" in sentence
+    assert sentence.startswith("是：每個任務（MRPC、SST-2、CoLA）") and "query 與 intermediate" in sentence
 
 
 def test_no_when_one_task_moves_other_groups_most():
@@ -61,15 +61,15 @@ def test_no_when_one_task_moves_other_groups_most():
     assert not result.answer and not result.same_top
     assert result.matches_claim == {"mrpc": True, "sst2": False}
     sentence = consistency_sentence(result)
-    assert sentence.startswith("No: the 2 groups that moved most differ between tasks")
-    assert "sst2: " in sentence and "are the top 2 on 1 of 2 tasks" in sentence
+    assert sentence.startswith("否：各任務變化最大的 2 組不同")
+    assert "sst2：" in sentence and "在 2 個任務中只有 1 個排在前 2" in sentence
 
 
 def test_no_when_every_task_agrees_on_groups_other_than_the_claimed_ones():
     model = tiny_bert()
     result = compare_tasks(profiles(model, {"a": ("value", "output"), "b": ("output", "value")}))
     assert result.same_top and not result.answer
-    assert "but they are not query and intermediate, which the handout" in consistency_sentence(result)
+    assert "但不是講義（3.2 節）與 Ben Zaken 等人（2022）說變化最大的 query 與 intermediate" in consistency_sentence(result)
 
 
 def test_group_profile_leaves_out_embeddings_and_pooler_rows():
@@ -167,4 +167,4 @@ def test_script_writes_figure_json_and_markdown(tmp_path, capsys):
                               "cola": ["cola-task-bitfit-cls-lr0.001-s1.safetensors"]}
     assert (out / "consistency.png").stat().st_size > 1000
     md = (out / "consistency.md").read_text()
-    assert "Figure 1" in md and facts["sentence"] in md and "Yes: on every task (MRPC, SST-2, CoLA)" in capsys.readouterr().out
+    assert "的圖 1" in md and facts["sentence"] in md and "是：每個任務（MRPC、SST-2、CoLA）" in capsys.readouterr().out
