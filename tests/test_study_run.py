@@ -152,11 +152,15 @@ def test_other_tasks_get_their_own_metric_and_02_gets_the_recipe(tmp_path):
             del e["validation_f1"], e["dev_f1"]
             e["dev_mcc"] = mcc
         runs.append(r)
+    sst2 = _run("task", "bitfit", "mean", chosen["bitfit"], 1, [(0.3, 0.7, 0.7)], task="sst2")
+    sst2["name"] = "sst2-" + sst2["name"]
+    runs.append(sst2)  # a run file's name sorts CoLA first; the table keeps the lab's order
     (tmp_path / "runs").mkdir()
     for r in runs:
         (tmp_path / "runs" / f"{r['name']}.json").write_text(json.dumps(r))
     rp.report(tmp_path)
     tasks = rp.task_table(runs, chosen)
+    assert list(dict.fromkeys(tasks.index)) == ["mrpc", "sst2", "cola"]
     cola = tasks.loc["cola"]
     assert cola["metric"] == "dev mcc" and cola["mean"] == pytest.approx(0.5) and cola["per_seed"] == "0.400 0.500 0.600"
     assert set(tasks.loc["mrpc", "method"]) == {"bitfit", "full"}
