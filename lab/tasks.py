@@ -11,6 +11,7 @@ Imports the standard library only (``import lab`` stays cheap).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: The metrics a ``TaskSpec`` may name (computed by ``lab.training.metrics_for``).
@@ -176,3 +177,9 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
         raise ValueError(f"Unknown task {task!r}. Known tasks: {', '.join(TASKS)}. "
                        "To add one, add its TaskSpec to lab.tasks.TASKS.")
     return TASKS[key]
+
+
+def in_task_order(names: Iterable[str]) -> list[str]:
+    """``names`` once each, in ``TASKS``' order (MRPC, SST-2, CoLA, ...); names it lacks last, alphabetically."""
+    order = list(TASKS)
+    return sorted(set(names), key=lambda t: (order.index(t) if t in order else len(order), t))

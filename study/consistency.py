@@ -29,7 +29,7 @@ from torch import nn
 from lab import packs
 from lab.consistency import (CLAIMED_GROUPS, changes_by_task, compare_tasks, consistency_sentence, group_profile,
                              plot_consistency)
-from lab.tasks import TASKS
+from lab.tasks import TASKS, in_task_order
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The figure to compare with, named under the table.
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None, base_model: nn.Module | None = None) -> 
             used.setdefault(packs.read_bias_checkpoint(path)[1]["task"], []).append(path.name)
     from lab.consistency import mean_changes
 
-    order = sorted(tables, key=lambda t: (list(TASKS).index(t) if t in TASKS else len(TASKS), t))  # the lab's order
+    order = in_task_order(tables)
     changes = {task: mean_changes(tables[task]) for task in order}
     titles = {t: TASKS[t].title if t in TASKS else t for t in changes}
     profiles = {t: group_profile(c) for t, c in changes.items()}

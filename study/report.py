@@ -25,7 +25,7 @@ from pathlib import Path
 from statistics import median
 
 from lab.selection import PATIENCE, SELECT_BY
-from lab.tasks import TASKS, get_task
+from lab.tasks import get_task, in_task_order
 from lab.registry import HEADLINE, METHODS
 from study.p2_report import markdown
 from study.run import (MAX_EPOCHS, OFFLINE_MODEL, RESULTS, TASK_METHODS, choose_head, choose_lrs, kept, read_runs,
@@ -115,8 +115,7 @@ def task_table(runs: list[dict], chosen: dict[str, float]):
     import pandas as pd
 
     rows = []
-    order = list(TASKS)  # the lab's order (MRPC, SST-2, CoLA, ...), not the run files'
-    for task in sorted({"mrpc", *(task_of(r) for r in runs)}, key=lambda t: (order.index(t) if t in order else len(order), t)):
+    for task in in_task_order(["mrpc", *(task_of(r) for r in runs)]):  # the lab's order, not the run files'
         metric = get_task(task).metrics[0]
         for method in TASK_METHODS:
             part = "seeds" if task == "mrpc" else "task"

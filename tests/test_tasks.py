@@ -16,7 +16,7 @@ import lab.data
 from lab.data import (load_task, selection_splits, task_dev, task_folder, describe_splits, tokenize_pairs,
                       tokenize_task)
 from lab.models import _label_kwargs, predict
-from lab.tasks import KNOWN_METRICS, TASKS, get_task
+from lab.tasks import KNOWN_METRICS, TASKS, get_task, in_task_order
 from lab.training import compute_metrics, metrics_for
 from conftest import ROOT, tiny_bert
 
@@ -64,6 +64,10 @@ def test_registry_has_the_four_tasks_with_glue_headline_metrics():
         assert spec.hub_id == "nyu-mll/glue" and spec.hub_config == name and spec.num_labels == 2
         assert {f.split for f in spec.files} >= {"train", "validation"}
     assert TASKS["rte"].label_names == ("entailment", "not_entailment")  # the Hub's order: entailment is 0
+
+
+def test_in_task_order_follows_the_registry_with_unknown_names_last():
+    assert in_task_order(["cola", "mrpc", "zeta", "sst2", "alpha", "cola"]) == ["mrpc", "sst2", "cola", "alpha", "zeta"]
 
 
 def test_get_task_accepts_names_and_specs_and_lists_known_tasks_otherwise():
